@@ -1,0 +1,63 @@
+"""Load a checkpoint from the models directory into a diffusers pipeline, offline.
+
+Single files go through diffusers' single-file loader with the configs shipped in engine/configs
+(chosen by inspecting the file's tensors, never fetched); diffusers folders through from_pretrained.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+from safetensors import safe_open
+from transformers import CLIPTokenizer
+
+from .configs import CLIP_TOKENIZER_DIR, architecture_dir
+from .ldm_format import TEXT_ENCODER_PREFIX, UNET_PREFIX
+from .models_dir import Checkpoint
+
+
+class UnsupportedCheckpoint(ValueError):
+    """The checkpoint is of an architecture this worker can't run (yet)."""
+
+
+# conv_in's output width identifies the SD 1.x family member whose config we ship
+_SD1_BY_WIDTH = {320: "sd15", 32: "tiny-sd15"}
+
+
+def detect_architecture(checkpoint: Checkpoint) -> str:
+    """The shipped config (engine/configs/<name>) matching a single-file checkpoint's tensors."""
+    with safe_open(checkpoint.path, framework="pt") as weights:
+        keys = set(weights.keys())
+        conv_in = f"{UNET_PREFIX}input_blocks.0.0.weight"
+        if conv_in not in keys:
+            raise UnsupportedCheckpoint(f"{checkpoint.name}: no Stable Diffusion UNet found in the file")
+        if any(k.startswith("conditioner.embedders.") for k in keys):
+            raise UnsupportedCheckpoint(f"{checkpoint.name}: SDXL checkpoints are not supported yet")
+        if not any(k.startswith(TEXT_ENCODER_PREFIX) for k in keys):
+            raise UnsupportedCheckpoint(
+                f"{checkpoint.name}: not an SD 1.x checkpoint (SD 2.x and others are not supported yet)"
+            )
+        width, in_channels = weights.get_slice(conv_in).get_shape()[:2]
+    if in_channels != 4:
+        raise UnsupportedCheckpoint(f"{checkpoint.name}: {in_channels}-channel (inpainting) UNets are not supported yet")
+    if width not in _SD1_BY_WIDTH:
+        raise UnsupportedCheckpoint(f"{checkpoint.name}: unknown SD 1.x variant (UNet width {width})")
+    return _SD1_BY_WIDTH[width]
+
+
+def load_pipeline(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> StableDiffusionPipeline:
+    diffusers_logging.disable_progress_bar()  # worker logs, not a terminal
+    common = {"torch_dtype": dtype, "local_files_only": True, "safety_checker": None,
+              "feature_extractor": None, "requires_safety_checker": False}
+    if checkpoint.is_single_file:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(checkpoint.path),
+            config=str(architecture_dir(detect_architecture(checkpoint))),
+            tokenizer=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR),
+            **common,
+        )
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(checkpoint.path, **common)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

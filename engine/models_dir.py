@@ -1,0 +1,118 @@
+"""The models directory, in A1111's layout: checkpoints under Stable-diffusion/.
+
+A checkpoint is a single .safetensors file (as A1111 and civitai ship them) or a diffusers folder
+(one holding model_index.json). Names, titles and hashes follow A1111: `name` is the path relative to
+Stable-diffusion/, `model_name` that path without extension, `title` "name [short hash]", and the
+short hash is the first 10 hex digits of the file's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+CHECKPOINTS_SUBDIR = "Stable-diffusion"
+CHECKPOINT_SUFFIX = ".safetensors"
+
+
+class ModelsDirError(RuntimeError):
+    """The models directory can't provide a checkpoint; the message says what to put where."""
+
+
+def models_dir_from_env() -> Path:
+    return Path(os.environ.get("MODELS_DIR", "./models"))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    name: str
+
+    @property
+    def model_name(self) -> str:
+        stem = self.name.removesuffix(CHECKPOINT_SUFFIX)
+        return stem.replace("/", "_").replace("\\", "_")
+
+    @property
+    def is_single_file(self) -> bool:
+        return self.path.is_file()
+
+    @cached_property
+    def sha256(self) -> str:
+        """sha256 of the file; for a diffusers folder, of its files' relative paths and bytes in order."""
+        digest = hashlib.sha256()
+        files = [self.path] if self.is_single_file else sorted(p for p in self.path.rglob("*") if p.is_file())
+        for file in files:
+            if not self.is_single_file:
+                digest.update(file.relative_to(self.path).as_posix().encode())
+            with file.open("rb") as stream:
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+        return digest.hexdigest()
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:10]
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.short_hash}]"
+
+    def matches(self, wanted: str) -> bool:
+        """A1111 accepts a title, a name, a model name or a short hash wherever a checkpoint is named."""
+        wanted = wanted.strip()
+        without_hash = wanted.rsplit(" [", 1)[0] if wanted.endswith("]") else wanted
+        if without_hash in (self.name, self.model_name, self.name.removesuffix(CHECKPOINT_SUFFIX)):
+            return not wanted.endswith("]") or wanted == self.title
+        return _looks_like_short_hash(wanted) and wanted == self.short_hash  # hash only when asked by hash
+
+
+def _looks_like_short_hash(text: str) -> bool:
+    return len(text) == 10 and all(c in "0123456789abcdef" for c in text)
+
+
+def list_checkpoints(models_dir: Path) -> list[Checkpoint]:
+    """Checkpoints under models_dir/Stable-diffusion, sorted by name."""
+    root = models_dir / CHECKPOINTS_SUBDIR
+    if not root.is_dir():
+        return []
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if (here / "model_index.json").is_file() and here != root:
+            found.append(Checkpoint(here, here.relative_to(root).as_posix()))
+            dirnames.clear()  # a diffusers folder's subfolders are its components
+            continue
+        found += [Checkpoint(here / f, (here / f).relative_to(root).as_posix())
+                  for f in filenames if f.endswith(CHECKPOINT_SUFFIX)]
+        dirnames.sort()
+    return sorted(found, key=lambda c: c.name.lower())
+
+
+def find_checkpoint(checkpoints: list[Checkpoint], wanted: str) -> Checkpoint:
+    for checkpoint in checkpoints:
+        if checkpoint.matches(wanted):
+            return checkpoint
+    names = ", ".join(c.name for c in checkpoints) or "none"
+    raise LookupError(f"no checkpoint {wanted!r} in the models directory; available: {names}")
+
+
+def default_checkpoint(models_dir: Path, wanted: str | None = None) -> Checkpoint:
+    """The checkpoint to load at start: `wanted` (SD_MODEL) if given, else the first found."""
+    checkpoints = list_checkpoints(models_dir)
+    if not checkpoints:
+        raise ModelsDirError(
+            f"no checkpoint found in {(models_dir / CHECKPOINTS_SUBDIR).resolve()}: put a Stable Diffusion "
+            f"checkpoint there as a single '{CHECKPOINT_SUFFIX}' file or a diffusers folder (with "
+            "model_index.json), or set MODELS_DIR to a directory that has them; "
+            "`python -m engine.tiny --models-dir DIR` writes a tiny demo model"
+        )
+    if not wanted:
+        return checkpoints[0]
+    try:
+        return find_checkpoint(checkpoints, wanted)
+    except LookupError as error:
+        raise ModelsDirError(f"SD_MODEL: {error}") from None

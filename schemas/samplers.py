@@ -1,0 +1,153 @@
+"""The one table of A1111 sampler and schedule names and what each runs as in diffusers.
+
+Pure data plus name resolution: the request schema resolves names here, the engine builds the
+diffusers scheduler from the resolved entries. Facts from ../shared/a1111-api.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+AUTOMATIC = "automatic"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An A1111 schedule type ("Schedule type" in the infotext)."""
+
+    name: str
+    label: str
+    diffusers: dict | None  # scheduler config overrides; None: no diffusers equivalent
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """An A1111 sampler and the diffusers scheduler class and settings it runs as."""
+
+    name: str
+    aliases: tuple[str, ...]
+    scheduler_class: str | None  # diffusers class name; None: no diffusers equivalent
+    config: dict = field(default_factory=dict)
+    default_schedule: str = AUTOMATIC  # what "Automatic" means for this sampler
+    sigma_schedules: bool = True  # accepts Karras/Exponential/Beta sigma schedules
+    ancestral: bool = False  # adds fresh noise each step (eta fixed at 1 in diffusers)
+
+
+SCHEDULES: tuple[Schedule, ...] = (
+    Schedule(AUTOMATIC, "Automatic", {"timestep_spacing": "linspace"}),  # the model's own sigmas
+    Schedule("uniform", "Uniform", {"timestep_spacing": "linspace"}),
+    Schedule("karras", "Karras", {"timestep_spacing": "linspace", "use_karras_sigmas": True}),
+    Schedule("exponential", "Exponential", {"timestep_spacing": "linspace", "use_exponential_sigmas": True}),
+    Schedule("polyexponential", "Polyexponential", None),
+    Schedule("sgm_uniform", "SGM Uniform", {"timestep_spacing": "trailing"}),
+    Schedule("kl_optimal", "KL Optimal", None),
+    Schedule("align_your_steps", "Align Your Steps", None),
+    Schedule("simple", "Simple", {"timestep_spacing": "trailing"}),
+    Schedule("normal", "Normal", {"timestep_spacing": "linspace"}),
+    Schedule("ddim", "DDIM", {"timestep_spacing": "leading", "steps_offset": 1}),
+    Schedule("beta", "Beta", {"timestep_spacing": "linspace", "use_beta_sigmas": True}),
+)
+
+_DPMPP = "DPMSolverMultistepScheduler"
+_SDE = {"algorithm_type": "sde-dpmsolver++"}
+
+SAMPLERS: tuple[Sampler, ...] = (
+    Sampler("DPM++ 2M", ("k_dpmpp_2m",), _DPMPP, {"algorithm_type": "dpmsolver++", "solver_order": 2}, "karras"),
+    Sampler("DPM++ SDE", ("k_dpmpp_sde",), "DPMSolverSDEScheduler", {"use_karras_sigmas": True}, "karras",
+            sigma_schedules=False),
+    Sampler("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), _DPMPP, {**_SDE, "solver_order": 2}, "exponential"),
+    Sampler("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), _DPMPP,
+            {**_SDE, "solver_order": 2, "solver_type": "heun"}, "exponential"),
+    Sampler("DPM++ 2S a", ("k_dpmpp_2s_a",), "DPMSolverSinglestepScheduler",
+            {"algorithm_type": "dpmsolver++", "solver_order": 2}, "karras"),
+    Sampler("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), _DPMPP, {**_SDE, "solver_order": 3}, "exponential"),
+    Sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), "EulerAncestralDiscreteScheduler",
+            sigma_schedules=False, ancestral=True),
+    Sampler("Euler", ("k_euler",), "EulerDiscreteScheduler"),
+    Sampler("LMS", ("k_lms",), "LMSDiscreteScheduler", sigma_schedules=False),
+    Sampler("Heun", ("k_heun",), "HeunDiscreteScheduler"),
+    Sampler("DPM2", ("k_dpm_2",), "KDPM2DiscreteScheduler", default_schedule="karras"),
+    Sampler("DPM2 a", ("k_dpm_2_a",), "KDPM2AncestralDiscreteScheduler", default_schedule="karras",
+            ancestral=True),
+    Sampler("DPM fast", ("k_dpm_fast",), None),
+    Sampler("DPM adaptive", ("k_dpm_ad",), None),
+    Sampler("Restart", ("restart",), None, default_schedule="karras"),
+    Sampler("DDIM", ("ddim",), "DDIMScheduler", {"timestep_spacing": "leading", "steps_offset": 1},
+            sigma_schedules=False),
+    Sampler("DDIM CFG++", ("ddim_cfgpp",), None, sigma_schedules=False),
+    Sampler("PLMS", ("plms",), "PNDMScheduler",
+            {"skip_prk_steps": True, "timestep_spacing": "leading", "steps_offset": 1},
+            sigma_schedules=False),
+    Sampler("UniPC", ("unipc",), "UniPCMultistepScheduler", sigma_schedules=False),
+    Sampler("LCM", ("k_lcm",), "LCMScheduler", sigma_schedules=False),
+)
+
+DEFAULT_SAMPLER = "Euler"  # A1111's API default (sampler_index) when sampler_name is null
+
+_SAMPLERS_BY_KEY = {key.lower(): s for s in SAMPLERS for key in (s.name, *s.aliases)}
+_SCHEDULES_BY_KEY = {key.lower(): s for s in SCHEDULES for key in (s.name, s.label)}
+
+
+def supported_sampler_names() -> list[str]:
+    return [s.name for s in SAMPLERS if s.scheduler_class]
+
+
+def supported_schedule_labels() -> list[str]:
+    return [s.label for s in SCHEDULES if s.diffusers is not None]
+
+
+def find_schedule(name: str | None) -> Schedule:
+    """A schedule by name or label, case-insensitive; None and "" mean Automatic."""
+    schedule = _SCHEDULES_BY_KEY.get((name or AUTOMATIC).strip().lower())
+    if schedule is None:
+        raise ValueError(
+            f"unknown scheduler {name!r}; valid: {', '.join(supported_schedule_labels())}"
+        )
+    if schedule.diffusers is None:
+        raise ValueError(
+            f"scheduler {schedule.label!r} has no diffusers equivalent in this worker; "
+            f"valid: {', '.join(supported_schedule_labels())}"
+        )
+    return schedule
+
+
+def find_sampler(name: str) -> tuple[Sampler, Schedule | None]:
+    """A sampler by name or alias, or an old combined name such as "DPM++ 2M Karras".
+
+    Returns the sampler and the schedule the combined name carried (None if it carried none).
+    """
+    key = name.strip().lower()
+    if key in _SAMPLERS_BY_KEY:
+        return _check_supported(_SAMPLERS_BY_KEY[key]), None
+    for schedule in SCHEDULES:
+        for suffix in {schedule.label.lower(), schedule.name.lower()}:
+            base = key.removesuffix(" " + suffix)
+            if base != key and base in _SAMPLERS_BY_KEY:
+                return _check_supported(_SAMPLERS_BY_KEY[base]), find_schedule(schedule.name)
+    raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(supported_sampler_names())}")
+
+
+def _check_supported(sampler: Sampler) -> Sampler:
+    if sampler.scheduler_class is None:
+        raise ValueError(
+            f"sampler {sampler.name!r} has no diffusers equivalent in this worker; "
+            f"valid: {', '.join(supported_sampler_names())}"
+        )
+    return sampler
+
+
+def resolve(sampler_name: str, scheduler: str | None) -> tuple[Sampler, Schedule]:
+    """The sampler and the concrete schedule (Automatic resolved) a request asks for.
+
+    A schedule in a combined sampler name applies only when `scheduler` is Automatic, as in A1111.
+    """
+    sampler, combined = find_sampler(sampler_name)
+    schedule = find_schedule(scheduler)
+    if schedule.name == AUTOMATIC:
+        schedule = combined or find_schedule(sampler.default_schedule)
+    if not sampler.sigma_schedules and schedule.name not in (AUTOMATIC, sampler.default_schedule):
+        raise ValueError(
+            f"sampler {sampler.name!r} does not take a schedule type; "
+            f"send scheduler 'Automatic' (got {schedule.label!r})"
+        )
+    return sampler, schedule

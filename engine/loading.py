@@ -60,4 +60,4 @@ def load_pipeline(checkpoint: Checkpoint, device: torch.device, dtype: torch.dty
     else:
         pipe = StableDiffusionPipeline.from_pretrained(checkpoint.path, **common)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe if device.type == "cpu" else pipe.to(device)  # loaded on the CPU already

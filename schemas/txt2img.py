@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any
 
@@ -109,11 +110,11 @@ class Txt2ImgRequest(BaseModel):
     @classmethod
     def _refuse_not_implemented(cls, value: Any, info) -> Any:
         if value not in _NOT_IMPLEMENTED[info.field_name]:
-            allowed = " or ".join(repr(v) for v in _NOT_IMPLEMENTED[info.field_name])
+            allowed = " or ".join(json.dumps(v) for v in _NOT_IMPLEMENTED[info.field_name])
             raise PydanticCustomError(
                 "not_implemented",
                 "not supported by this worker yet; send {allowed} or leave it out (got {value})",
-                {"allowed": allowed, "value": repr(value)},
+                {"allowed": allowed, "value": json.dumps(value, default=str)},
             )
         return value
 
@@ -156,7 +157,7 @@ class Txt2ImgRequest(BaseModel):
         if sampler.ancestral and self.eta not in (None, 1):
             raise PydanticCustomError(
                 "eta",
-                "eta: sampler {sampler!r} runs with eta 1 in this worker; send 1 or leave it out",
+                "eta: sampler '{sampler}' runs with eta 1 in this worker; send 1 or leave it out",
                 {"sampler": sampler.name},
             )
         return self

@@ -1,0 +1,21 @@
+"""One-line error messages for callers: which field, which rule. Never a traceback."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+class BadEnvelope(ValueError):
+    """The job's input is not an A1111 body or an {"api", "payload"} envelope."""
+
+
+def describe(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(_describe_item(item) for item in error.errors(include_url=False))
+    return " ".join(str(error).split())  # one line
+
+
+def _describe_item(item: dict) -> str:
+    field = ".".join(str(part) for part in item["loc"])
+    message = item["msg"].removeprefix("Value error, ")
+    return f"{field}: {message}" if field else message

@@ -1,0 +1,48 @@
+"""The router: one table from an A1111 (method, endpoint) to an operation, shared by every adapter."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from schemas import ImageResponse, Txt2ImgRequest
+
+from .delivery import deliver_images
+
+if TYPE_CHECKING:
+    from engine.runtime import Engine
+
+API_PREFIX = "sdapi/v1/"
+
+
+class UnknownEndpoint(LookupError):
+    """No operation for this method and endpoint."""
+
+
+def txt2img(engine: Engine, payload: dict[str, Any]) -> dict[str, Any]:
+    request = Txt2ImgRequest.model_validate(payload)
+    generation = engine.txt2img(request)
+    images = deliver_images(generation) if request.send_images else []
+    return ImageResponse(images=images, parameters=request.model_dump(mode="json"),
+                         info=json.dumps(generation.info)).model_dump()
+
+
+Operation = Callable[["Engine", dict[str, Any]], Any]
+
+ROUTES: dict[tuple[str, str], Operation] = {
+    ("POST", "txt2img"): txt2img,
+}
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """"/sdapi/v1/txt2img", "sdapi/v1/txt2img" and "txt2img" all name the same endpoint."""
+    return endpoint.strip().strip("/").removeprefix(API_PREFIX)
+
+
+def route(engine: Engine, method: str, endpoint: str, payload: dict[str, Any]) -> Any:
+    key = (method.upper(), normalize_endpoint(endpoint))
+    if key not in ROUTES:
+        offered = ", ".join(f"{m} /{API_PREFIX}{e}" for m, e in ROUTES)
+        raise UnknownEndpoint(f"api.endpoint: {key[0]} /{API_PREFIX}{key[1]} is not offered; offered: {offered}")
+    return ROUTES[key](engine, payload)

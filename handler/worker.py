@@ -1,0 +1,57 @@
+"""The RunPod serverless adapter: job input -> router -> A1111 response, or a FAILED job with one line.
+
+Accepted inputs (../shared/runpod.md):
+  - the bare A1111 txt2img body: {"prompt": ..., ...}
+  - the envelope: {"api": {"method": "POST", "endpoint": "/sdapi/v1/txt2img"}, "payload": {...}}
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from schemas import RequestError
+
+from .errors import BadEnvelope, describe
+from .router import UnknownEndpoint, route
+
+if TYPE_CHECKING:
+    from engine.runtime import Engine
+
+log = logging.getLogger(__name__)
+
+_CALLER_ERRORS = (ValidationError, RequestError, UnknownEndpoint, BadEnvelope)
+
+
+def parse_job_input(job_input: Any) -> tuple[str, str, dict[str, Any]]:
+    """(method, endpoint, payload) from either input form."""
+    if not isinstance(job_input, dict):
+        raise BadEnvelope(f"input: must be a JSON object (got {type(job_input).__name__})")
+    if "api" not in job_input:
+        return "POST", "txt2img", job_input
+    api, payload = job_input["api"], job_input.get("payload", {})
+    if not isinstance(api, dict) or not isinstance(api.get("endpoint"), str):
+        raise BadEnvelope('api: must be {"method": "POST" or "GET", "endpoint": "/sdapi/v1/<name>"}')
+    if not isinstance(payload, dict):
+        raise BadEnvelope(f"payload: must be a JSON object (got {type(payload).__name__})")
+    method = api.get("method", "POST")
+    if not isinstance(method, str) or method.upper() not in ("GET", "POST"):
+        raise BadEnvelope(f"api.method: must be GET or POST (got {method!r})")
+    return method, api["endpoint"], payload
+
+
+def make_handler(engine: Engine) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def handle(job: dict[str, Any]) -> dict[str, Any]:
+        """A returned string `error` makes the job FAILED; the worker goes on to the next job."""
+        try:
+            return route(engine, *parse_job_input(job.get("input")))
+        except _CALLER_ERRORS as error:
+            return {"error": describe(error)}
+        except Exception as error:  # a bug or a device failure: report it, keep serving
+            log.exception("job %s failed", job.get("id"))
+            return {"error": f"internal error: {type(error).__name__}: {describe(error)}"}
+
+    return handle

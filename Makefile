@@ -1,0 +1,36 @@
+# Set-up: `make demo` (install, write the tiny demo model, run test_input.json) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first and pinned, so pip never resolves another build (CUDA wheels are GBs).
+# On a GPU machine: make TORCH_SPEC="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124"
+TORCH_SPEC ?= torch==2.13.0
+DEMO_MODELS_DIR ?= models
+DEMO_MODEL := $(DEMO_MODELS_DIR)/Stable-diffusion/tiny-sd15.safetensors
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test serve-runpod clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+$(DEMO_MODEL): | install
+	$(PY) -m engine.tiny --models-dir $(DEMO_MODELS_DIR)
+
+demo: install $(DEMO_MODEL)
+	MODELS_DIR=$(DEMO_MODELS_DIR) SD_MODEL=tiny-sd15 $(PY) -m handler.local test_input.json --outputs outputs
+
+test: install
+	$(PY) -m pytest tests
+
+# The RunPod worker with RunPod's local API (POST http://127.0.0.1:8000/runsync), on the demo model.
+serve-runpod: install $(DEMO_MODEL)
+	MODELS_DIR=$(DEMO_MODELS_DIR) $(PY) -m handler --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
+
+clean:
+	rm -rf $(VENV) outputs $(DEMO_MODELS_DIR)/Stable-diffusion/tiny-sd15.safetensors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -16,6 +17,9 @@ from .samplers import DEFAULT_SAMPLER, Sampler, Schedule, find_sampler, find_sch
 def _blank_seed_is_random(value: Any) -> Any:
     return -1 if value is None or value == "" else value
 
+
+# A1111's extra-network syntax, e.g. <lora:name:0.8>, <hypernet:name:1>
+EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 
 Seed = Annotated[int, BeforeValidator(_blank_seed_is_random), Field(ge=-1, lt=2**32)]
 
@@ -37,6 +41,7 @@ _NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
     "override_settings": (None, {}),
     "refiner_checkpoint": (None, "", "None"),
     "enable_hr": (False,),
+    "firstpass_image": (None, ""),
     "script_name": (None, "", "None"),
     "script_args": (None, []),
     "alwayson_scripts": (None, {}),
@@ -115,6 +120,17 @@ class Txt2ImgRequest(BaseModel):
                 "not_implemented",
                 "not supported by this worker yet; send {allowed} or leave it out (got {value})",
                 {"allowed": allowed, "value": json.dumps(value, default=str)},
+            )
+        return value
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _no_extra_networks(cls, value: str) -> str:
+        if match := EXTRA_NETWORK.search(value):
+            raise PydanticCustomError(
+                "extra_network",
+                "extra networks such as {tag} are not supported by this worker yet; remove the tag",
+                {"tag": match.group(0)},
             )
         return value
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pydantic import ValidationError
 
 
@@ -18,4 +20,7 @@ def describe(error: Exception) -> str:
 def _describe_item(item: dict) -> str:
     field = ".".join(str(part) for part in item["loc"])
     message = item["msg"].removeprefix("Value error, ")
+    given = item.get("input")
+    if "(got " not in message and isinstance(given, (str, int, float, bool)) and item["type"] != "missing":
+        message += f" (got {json.dumps(given)})"
     return f"{field}: {message}" if field else message

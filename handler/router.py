@@ -6,7 +6,9 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from schemas import ImageResponse, Txt2ImgRequest
+from engine.images import decode_image, read_infotext
+from engine.infotext import parse_infotext
+from schemas import ImageResponse, PngInfoRequest, PngInfoResponse, Txt2ImgRequest
 
 from .delivery import deliver_images
 
@@ -28,10 +30,18 @@ def txt2img(engine: Engine, payload: dict[str, Any]) -> dict[str, Any]:
                          info=json.dumps(generation.info)).model_dump()
 
 
+def png_info(engine: Engine, payload: dict[str, Any]) -> dict[str, Any]:
+    request = PngInfoRequest.model_validate(payload)
+    infotext, items = read_infotext(decode_image(request.image, "image"))
+    parameters = parse_infotext(infotext) if infotext else {}
+    return PngInfoResponse(info=infotext or "", items=items, parameters=parameters).model_dump()
+
+
 Operation = Callable[["Engine", dict[str, Any]], Any]
 
 ROUTES: dict[tuple[str, str], Operation] = {
     ("POST", "txt2img"): txt2img,
+    ("POST", "png-info"): png_info,
 }
 
 

@@ -23,6 +23,8 @@ class UnsupportedCheckpoint(ValueError):
 
 # conv_in's output width identifies the SD 1.x family member whose config we ship
 _SD1_BY_WIDTH = {320: "sd15", 32: "tiny-sd15"}
+# conv_in's input channels: 4 latents, or 9 (latents + mask + masked-image latents) for inpainting
+_VARIANT_BY_CHANNELS = {4: "", 9: "-inpainting"}
 
 
 def detect_architecture(checkpoint: Checkpoint) -> str:
@@ -39,11 +41,10 @@ def detect_architecture(checkpoint: Checkpoint) -> str:
                 f"{checkpoint.name}: not an SD 1.x checkpoint (SD 2.x and others are not supported yet)"
             )
         width, in_channels = weights.get_slice(conv_in).get_shape()[:2]
-    if in_channels != 4:
-        raise UnsupportedCheckpoint(f"{checkpoint.name}: {in_channels}-channel (inpainting) UNets are not supported yet")
-    if width not in _SD1_BY_WIDTH:
-        raise UnsupportedCheckpoint(f"{checkpoint.name}: unknown SD 1.x variant (UNet width {width})")
-    return _SD1_BY_WIDTH[width]
+    if width not in _SD1_BY_WIDTH or in_channels not in _VARIANT_BY_CHANNELS:
+        raise UnsupportedCheckpoint(
+            f"{checkpoint.name}: unknown SD 1.x variant (UNet width {width}, {in_channels} input channels)")
+    return _SD1_BY_WIDTH[width] + _VARIANT_BY_CHANNELS[in_channels]
 
 
 def load_pipeline(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> StableDiffusionPipeline:
@@ -51,7 +52,7 @@ def load_pipeline(checkpoint: Checkpoint, device: torch.device, dtype: torch.dty
     common = {"torch_dtype": dtype, "local_files_only": True, "safety_checker": None,
               "feature_extractor": None, "requires_safety_checker": False}
     if checkpoint.is_single_file:
-        pipe = StableDiffusionPipeline.from_single_file(
+        pipe = StableDiffusionPipeline.from_single_file(  # the UNet's channels come from the config
             str(checkpoint.path),
             config=str(architecture_dir(detect_architecture(checkpoint))),
             tokenizer=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR),

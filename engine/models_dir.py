@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from functools import cached_property
+from functools import lru_cache
 from pathlib import Path
 
 CHECKPOINTS_SUBDIR = "Stable-diffusion"
@@ -40,18 +40,11 @@ class Checkpoint:
     def is_single_file(self) -> bool:
         return self.path.is_file()
 
-    @cached_property
+    @property
     def sha256(self) -> str:
         """sha256 of the file; for a diffusers folder, of its files' relative paths and bytes in order."""
-        digest = hashlib.sha256()
-        files = [self.path] if self.is_single_file else sorted(p for p in self.path.rglob("*") if p.is_file())
-        for file in files:
-            if not self.is_single_file:
-                digest.update(file.relative_to(self.path).as_posix().encode())
-            with file.open("rb") as stream:
-                while chunk := stream.read(1 << 20):
-                    digest.update(chunk)
-        return digest.hexdigest()
+        stat = self.path.stat()
+        return _sha256(self.path, stat.st_size, stat.st_mtime_ns)
 
     @property
     def short_hash(self) -> str:
@@ -68,6 +61,20 @@ class Checkpoint:
         if without_hash in (self.name, self.model_name, self.name.removesuffix(CHECKPOINT_SUFFIX)):
             return not wanted.endswith("]") or wanted == self.title
         return _looks_like_short_hash(wanted) and wanted == self.short_hash  # hash only when asked by hash
+
+
+@lru_cache(maxsize=None)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """Computed once per file version (size and mtime are part of the cache key)."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if file != path:
+            digest.update(file.relative_to(path).as_posix().encode())
+        with file.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _looks_like_short_hash(text: str) -> bool:

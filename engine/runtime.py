@@ -1,30 +1,38 @@
-"""The engine a worker holds: set up once at start (load the checkpoint), then serve requests."""
+"""The engine a worker holds: set up once at start (load the default checkpoint), then serve requests.
+
+Server options (A1111's /options) live here; a request's override_settings apply to that request
+only, unless it sets override_settings_restore_afterwards to false. Loaded checkpoints are kept in
+a small cache (WORKER_MAX_MODELS, default 2) so switching back and forth does not reload.
+"""
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from schemas import Txt2ImgRequest
+from schemas import GenerationRequest, Img2ImgRequest, Options, RequestError, Txt2ImgRequest
 
 from .device import pick_device, pick_dtype
 from .generation import Generation
+from .img2img import img2img
 from .loading import load_pipeline
-from .models_dir import Checkpoint, default_checkpoint, models_dir_from_env
+from .model import LoadedModel
+from .models_dir import Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints, models_dir_from_env
 from .txt2img import txt2img
 
 
 class Engine:
-    def __init__(self, models_dir: Path, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype):
-        self.models_dir = models_dir
-        self.checkpoint = checkpoint
-        self.device = device
-        self.dtype = dtype
-        self.pipe = load_pipeline(checkpoint, device, dtype)
-        self.scheduler_config = dict(self.pipe.scheduler.config)  # the checkpoint's own noise schedule
-        checkpoint.sha256  # hash at start, not in the first request (A1111's Model hash)
+    def __init__(self, models_dir: Path, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype,
+                 max_models: int = 2):
+        self.models_dir, self.device, self.dtype, self.max_models = models_dir, device, dtype, max_models
+        self.checkpoints = list_checkpoints(models_dir)
+        self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
+        self.options = Options(sd_model_checkpoint=checkpoint.title)  # hashes the checkpoint at start
+        self.model_for(checkpoint)
 
     @classmethod
     def start(cls, models_dir: Path | None = None, sd_model: str | None = None,
@@ -33,7 +41,44 @@ class Engine:
         models_dir = models_dir or models_dir_from_env()
         checkpoint = default_checkpoint(models_dir, sd_model or os.environ.get("SD_MODEL"))
         torch_device = pick_device(device)
-        return cls(models_dir, checkpoint, torch_device, pick_dtype(torch_device, dtype))
+        max_models = int(os.environ.get("WORKER_MAX_MODELS", "2"))
+        return cls(models_dir, checkpoint, torch_device, pick_dtype(torch_device, dtype), max_models)
+
+    @property
+    def model(self) -> LoadedModel:
+        """The current default checkpoint, loaded."""
+        return self.model_for(self.find_checkpoint(self.options.sd_model_checkpoint, "sd_model_checkpoint"))
+
+    def find_checkpoint(self, name: str, field: str) -> Checkpoint:
+        try:
+            return find_checkpoint(self.checkpoints, name)
+        except LookupError:
+            self.checkpoints = list_checkpoints(self.models_dir)  # files may have been added
+            try:
+                return find_checkpoint(self.checkpoints, name)
+            except LookupError as error:
+                raise RequestError(field, str(error)) from None
+
+    def model_for(self, checkpoint: Checkpoint) -> LoadedModel:
+        if checkpoint.path in self._loaded:
+            self._loaded.move_to_end(checkpoint.path)
+        else:
+            while len(self._loaded) >= self.max_models:
+                self._loaded.popitem(last=False)
+            self._loaded[checkpoint.path] = LoadedModel(checkpoint, load_pipeline(checkpoint, self.device, self.dtype))
+        return self._loaded[checkpoint.path]
+
+    def _apply_options(self, request: GenerationRequest) -> tuple[LoadedModel, Options]:
+        options = self.options.merged(request.override_settings)
+        checkpoint = self.find_checkpoint(options.sd_model_checkpoint, "override_settings.sd_model_checkpoint")
+        if not request.override_settings_restore_afterwards:
+            self.options = options
+        return self.model_for(checkpoint), options
 
     def txt2img(self, request: Txt2ImgRequest) -> Generation:
-        return txt2img(self.pipe, self.scheduler_config, self.checkpoint, request)
+        model, options = self._apply_options(request)
+        return txt2img(model, request, options)
+
+    def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None) -> Generation:
+        model, options = self._apply_options(request)
+        return img2img(model, request, options, init_images, mask)

@@ -1,100 +1,98 @@
-"""txt2img on a diffusers Stable Diffusion pipeline, with A1111's seed, batch and infotext rules."""
+"""txt2img, with A1111's hires fix (a second, img2img-style pass at a larger size)."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import torch
-from diffusers import StableDiffusionPipeline
+from PIL import Image
 
-from schemas import Txt2ImgRequest
+from schemas import Options, Txt2ImgRequest
 
-from .generation import GeneratedImage, Generation
-from .infotext import build_infotext, worker_version
-from .models_dir import Checkpoint
-from .noise import image_generators, initial_latents, resolve_seed
-from .samplers import make_scheduler
+from .generation import Generation
+from .job import Job
+from .model import LoadedModel
+from .sampling import Inpainting, denoise, img2img_steps, set_schedule
+from .tiling import tiled
+from .upscalers import LATENT_MODES, pixel_upscaler, upscale_latents
 
-
-def txt2img(pipe: StableDiffusionPipeline, scheduler_config: dict, checkpoint: Checkpoint,
-            request: Txt2ImgRequest) -> Generation:
-    """batch_size images per iteration, n_iter iterations; image i gets seed + i."""
-    sampler, schedule = request.sampler
-    pipe.scheduler = make_scheduler(scheduler_config, sampler, schedule)
-    seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
-    count = request.batch_size * request.n_iter
-    all_seeds = [seed + i for i in range(count)]
-    all_subseeds = [subseed + i for i in range(count)]
-
-    params = {
-        "Steps": request.steps,
-        "Sampler": sampler.name,
-        "Schedule type": schedule.label,
-        "CFG scale": request.cfg_scale,
-        "Seed": None,  # per image, below
-        "Size": f"{request.width}x{request.height}",
-        "Model hash": checkpoint.short_hash,
-        "Model": checkpoint.model_name,
-        "Eta": request.eta if sampler.name == "DDIM" and request.eta else None,
-        "Version": worker_version(),
-    }
-    images = []
-    for start in range(0, count, request.batch_size):
-        seeds = all_seeds[start:start + request.batch_size]
-        for image, image_seed in zip(_sample(pipe, request, seeds), seeds):
-            infotext = build_infotext(request.prompt, request.negative_prompt, {**params, "Seed": image_seed})
-            images.append(GeneratedImage(image, infotext))
-
-    info = {
-        "prompt": request.prompt,
-        "all_prompts": [request.prompt] * count,
-        "negative_prompt": request.negative_prompt,
-        "all_negative_prompts": [request.negative_prompt] * count,
-        "seed": seed,
-        "all_seeds": all_seeds,
-        "subseed": subseed,
-        "all_subseeds": all_subseeds,
-        "subseed_strength": request.subseed_strength,
-        "width": request.width,
-        "height": request.height,
-        "sampler_name": sampler.name,
-        "cfg_scale": request.cfg_scale,
-        "steps": request.steps,
-        "batch_size": request.batch_size,
-        "restore_faces": False,
-        "face_restoration_model": None,
-        "sd_model_name": checkpoint.model_name,
-        "sd_model_hash": checkpoint.short_hash,
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
-        "denoising_strength": request.denoising_strength,
-        "extra_generation_params": {"Schedule type": schedule.label},
-        "index_of_first_image": 0,
-        "infotexts": [image.infotext for image in images],
-        "styles": [],
-        "job_timestamp": datetime.now().strftime("%Y%m%d%H%M%S"),
-        "clip_skip": 1,
-        "is_using_inpainting_conditioning": False,
-        "version": worker_version(),
-    }
-    return Generation(images, info)
+DEFAULT_HIRES_UPSCALER = "Latent"
 
 
-@torch.inference_mode()
-def _sample(pipe: StableDiffusionPipeline, request: Txt2ImgRequest, seeds: list[int]):
-    generators = image_generators(seeds)
-    latents = initial_latents(generators, request.height, request.width, pipe.vae_scale_factor)
-    return pipe(
-        prompt=[request.prompt] * len(seeds),
-        negative_prompt=[request.negative_prompt] * len(seeds),
-        height=request.height,
-        width=request.width,
-        num_inference_steps=request.steps,
-        guidance_scale=request.cfg_scale,
-        eta=request.eta or 0.0,
-        latents=latents.to(pipe.device, pipe.unet.dtype),
-        generator=generators,  # the same per-image generators drive ancestral samplers' noise
-        output_type="pil",
-    ).images
+def txt2img(model: LoadedModel, request: Txt2ImgRequest, options: Options) -> Generation:
+    job = Job(model, request, options)
+    if request.enable_hr:
+        _add_hires_params(job, request)
+    images: list[Image.Image] = []
+    with tiled(model.unet, model.vae, enabled=bool(request.tiling)):
+        for seeds, subseeds in job.batches():
+            latents = _first_pass(job, request, seeds, subseeds)
+            if request.enable_hr:
+                latents = _hires_pass(job, request, latents, seeds, subseeds)
+            images += model.decode_latents(latents)
+    return job.result(images)
+
+
+def _first_pass(job: Job, request: Txt2ImgRequest, seeds: list[int], subseeds: list[int]) -> torch.Tensor:
+    noise, generators = job.noise(seeds, subseeds, request.width, request.height)
+    scheduler = job.scheduler()
+    timesteps = set_schedule(scheduler, request.steps, request.steps, job.model.device)
+    conditioning = job.conditioning(request.prompt, request.negative_prompt, request.steps)
+    return denoise(job.model.unet, scheduler, timesteps, noise * scheduler.init_noise_sigma, conditioning,
+                   request.cfg_scale, generators, job.eta, _inpainting_model_input(job, noise))
+
+
+def _hires_pass(job: Job, request: Txt2ImgRequest, latents: torch.Tensor, seeds: list[int],
+                subseeds: list[int]) -> torch.Tensor:
+    """Upscale the first pass (in latent or pixel space) and re-denoise it at the hires size."""
+    model = job.model
+    width, height = request.hires_size
+    upscaler = request.hr_upscaler or DEFAULT_HIRES_UPSCALER
+    if upscaler in LATENT_MODES:
+        init = upscale_latents(latents, upscaler, height // model.scale_factor, width // model.scale_factor)
+    else:
+        upscale = pixel_upscaler(upscaler, "hr_upscaler")
+        init = model.encode_images([upscale(image, width, height) for image in model.decode_latents(latents)])
+
+    steps = request.hr_second_pass_steps or request.steps
+    sampler, schedule = request.hires_sampler
+    scheduler = job.scheduler(sampler, schedule)
+    length, run = img2img_steps(steps, request.denoising_strength, exact=True)
+    timesteps = set_schedule(scheduler, length, run, model.device)
+    noise, generators = job.noise(seeds, subseeds, width, height)  # fresh noise from the same seeds
+    conditioning = job.conditioning(request.hr_prompt or request.prompt,
+                                    request.hr_negative_prompt or request.negative_prompt, steps)
+    return denoise(model.unet, scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]),
+                   conditioning, request.cfg_scale, generators, job.eta, _inpainting_model_input(job, noise))
+
+
+def _inpainting_model_input(job: Job, noise: torch.Tensor) -> Inpainting | None:
+    """txt2img on an inpainting checkpoint: everything masked, the masked image blank (as A1111)."""
+    if not job.model.is_inpainting:
+        return None
+    batch, _, h, w = noise.shape
+    factor = job.model.scale_factor
+    blank = job.model.encode_images([Image.new("RGB", (w * factor, h * factor), (127, 127, 127))] * batch)
+    mask = torch.ones(batch, 1, h, w, device=noise.device)
+    return Inpainting(blank, mask, noise, unet_extra=torch.cat([mask, blank], dim=1))
+
+
+def _add_hires_params(job: Job, request: Txt2ImgRequest) -> None:
+    """A1111's Hires infotext keys, in its order."""
+    width, height = request.hires_size
+    sampler, schedule = request.hires_sampler
+    extra = job.extra_params
+    if request.hr_resize_x or request.hr_resize_y:
+        extra["Hires resize"] = f"{width}x{height}"
+    else:
+        extra["Hires upscale"] = request.hr_scale
+    if request.hr_second_pass_steps:
+        extra["Hires steps"] = request.hr_second_pass_steps
+    extra["Hires upscaler"] = request.hr_upscaler or DEFAULT_HIRES_UPSCALER
+    if sampler.name != job.sampler.name:
+        extra["Hires sampler"] = sampler.name
+    if schedule.name != job.schedule.name:
+        extra["Hires schedule type"] = schedule.label
+    if request.hr_prompt and request.hr_prompt != request.prompt:
+        extra["Hires prompt"] = request.hr_prompt
+    if request.hr_negative_prompt and request.hr_negative_prompt != request.negative_prompt:
+        extra["Hires negative prompt"] = request.hr_negative_prompt
+    extra["Denoising strength"] = request.denoising_strength

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from engine.images import decode_image, read_infotext
 from engine.infotext import parse_infotext
-from schemas import ImageResponse, PngInfoRequest, PngInfoResponse, Txt2ImgRequest
+from engine.generation import Generation
+from schemas import (GenerationRequest, ImageResponse, Img2ImgRequest, PngInfoRequest, PngInfoResponse,
+                     Txt2ImgRequest)
 
 from .delivery import deliver_images
 
@@ -22,12 +24,21 @@ class UnknownEndpoint(LookupError):
     """No operation for this method and endpoint."""
 
 
+def _image_response(request: GenerationRequest, generation: Generation, echoed: dict[str, Any]) -> dict[str, Any]:
+    images = deliver_images(generation) if request.send_images else []
+    return ImageResponse(images=images, parameters=echoed, info=json.dumps(generation.info)).model_dump()
+
+
 def txt2img(engine: Engine, payload: dict[str, Any]) -> dict[str, Any]:
     request = Txt2ImgRequest.model_validate(payload)
-    generation = engine.txt2img(request)
-    images = deliver_images(generation) if request.send_images else []
-    return ImageResponse(images=images, parameters=request.model_dump(mode="json"),
-                         info=json.dumps(generation.info)).model_dump()
+    return _image_response(request, engine.txt2img(request), request.model_dump(mode="json"))
+
+
+def img2img(engine: Engine, payload: dict[str, Any]) -> dict[str, Any]:
+    request = Img2ImgRequest.model_validate(payload)
+    init_images = [decode_image(data, f"init_images.{i}") for i, data in enumerate(request.init_images)]
+    mask = decode_image(request.mask, "mask") if request.mask else None
+    return _image_response(request, engine.img2img(request, init_images, mask), request.echo())
 
 
 def png_info(engine: Engine, payload: dict[str, Any]) -> dict[str, Any]:
@@ -41,6 +52,7 @@ Operation = Callable[["Engine", dict[str, Any]], Any]
 
 ROUTES: dict[tuple[str, str], Operation] = {
     ("POST", "txt2img"): txt2img,
+    ("POST", "img2img"): img2img,
     ("POST", "png-info"): png_info,
 }
 

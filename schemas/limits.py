@@ -10,3 +10,4 @@ MAX_IMAGES = 100  # batch_size * n_iter
 MIN_CFG_SCALE = 1.0
 MAX_CFG_SCALE = 30.0
 SEED_RANGE = 4294967294  # -1 picks a seed in [0, SEED_RANGE), as A1111 does
+MAX_HIRES_SIDE = 4096  # hires fix output, per side

@@ -1,191 +1,89 @@
-"""The /sdapi/v1/txt2img request, with A1111's API defaults (../shared/a1111-api.md)."""
+"""The /sdapi/v1/txt2img request: the shared generation fields plus hires fix."""
 
 from __future__ import annotations
 
-import json
-import math
-import re
-from typing import Annotated, Any
-
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from . import limits
-from .samplers import DEFAULT_SAMPLER, Sampler, Schedule, find_sampler, find_schedule, resolve
+from .generation import GenerationRequest, as_custom_error
+from .samplers import Sampler, Schedule, find_sampler, find_schedule, resolve
 
 
-def _blank_seed_is_random(value: Any) -> Any:
-    return -1 if value is None or value == "" else value
+class Txt2ImgRequest(GenerationRequest):
+    not_implemented = {
+        **GenerationRequest.not_implemented,
+        "firstpass_image": (None, ""),
+        "hr_checkpoint_name": (None, "", "Use same checkpoint"),
+    }
 
-
-# A1111's extra-network syntax, e.g. <lora:name:0.8>, <hypernet:name:1>
-EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
-
-Seed = Annotated[int, BeforeValidator(_blank_seed_is_random), Field(ge=-1, lt=2**32)]
-
-# Fields we accept but whose non-default values this worker does not implement yet. Sent with a
-# value outside these, the request is refused (never silently dropped). Issues that implement one
-# remove it here.
-_NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
-    "styles": (None, []),
-    "subseed_strength": (0,),
-    "seed_resize_from_w": (-1, 0),
-    "seed_resize_from_h": (-1, 0),
-    "restore_faces": (None, False),
-    "tiling": (None, False),
-    "s_min_uncond": (None, 0),
-    "s_churn": (None, 0),
-    "s_tmin": (None, 0),
-    "s_tmax": (None, 0, math.inf),  # A1111 reads 0 as infinity
-    "s_noise": (None, 1),
-    "override_settings": (None, {}),
-    "refiner_checkpoint": (None, "", "None"),
-    "enable_hr": (False,),
-    "firstpass_image": (None, ""),
-    "script_name": (None, "", "None"),
-    "script_args": (None, []),
-    "alwayson_scripts": (None, {}),
-    "infotext": (None, ""),
-    "save_images": (False,),
-}
-
-
-class Txt2ImgRequest(BaseModel):
-    """Every field A1111 v1.10 documents for txt2img. Unknown fields are ignored, as in A1111."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    prompt: str = ""
-    negative_prompt: str = ""
-    styles: list[str] | None = None
-    seed: Seed = -1
-    subseed: Seed = -1
-    subseed_strength: float = 0
-    seed_resize_from_h: int = -1
-    seed_resize_from_w: int = -1
-    sampler_name: str | None = None
-    scheduler: str | None = None
-    batch_size: int = Field(1, ge=1, le=limits.MAX_BATCH_SIZE)
-    n_iter: int = Field(1, ge=1, le=limits.MAX_N_ITER)
-    steps: int = Field(50, ge=1, le=limits.MAX_STEPS)
-    cfg_scale: float = Field(7.0, ge=limits.MIN_CFG_SCALE, le=limits.MAX_CFG_SCALE)
-    width: int = Field(512, ge=limits.MIN_SIDE, le=limits.MAX_SIDE)
-    height: int = Field(512, ge=limits.MIN_SIDE, le=limits.MAX_SIDE)
-    restore_faces: bool | None = None
-    tiling: bool | None = None
-    do_not_save_samples: bool = False
-    do_not_save_grid: bool = False
-    eta: float | None = Field(None, ge=0)
-    denoising_strength: float | None = Field(None, ge=0, le=1)
-    s_min_uncond: float | None = None
-    s_churn: float | None = None
-    s_tmax: float | None = None
-    s_tmin: float | None = None
-    s_noise: float | None = None
-    override_settings: dict[str, Any] | None = None
-    override_settings_restore_afterwards: bool = True
-    refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = None
-    disable_extra_networks: bool = False
-    firstpass_image: str | None = None
-    comments: dict[str, Any] | None = None
     enable_hr: bool = False
     firstphase_width: int = 0
     firstphase_height: int = 0
-    hr_scale: float = 2.0
+    hr_scale: float = Field(2.0, gt=0, le=8)
     hr_upscaler: str | None = None
-    hr_second_pass_steps: int = 0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
+    hr_second_pass_steps: int = Field(0, ge=0, le=limits.MAX_STEPS)
+    hr_resize_x: int = Field(0, ge=0, le=limits.MAX_HIRES_SIDE)
+    hr_resize_y: int = Field(0, ge=0, le=limits.MAX_HIRES_SIDE)
     hr_checkpoint_name: str | None = None
     hr_sampler_name: str | None = None
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
-    force_task_id: str | None = None
-    sampler_index: str = DEFAULT_SAMPLER
-    script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
-    send_images: bool = True
-    save_images: bool = False
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
-    infotext: str | None = None
+    firstpass_image: str | None = None
 
-    @field_validator(*_NOT_IMPLEMENTED)
+    @field_validator("hr_sampler_name")
     @classmethod
-    def _refuse_not_implemented(cls, value: Any, info) -> Any:
-        if value not in _NOT_IMPLEMENTED[info.field_name]:
-            allowed = " or ".join(json.dumps(v) for v in _NOT_IMPLEMENTED[info.field_name])
-            raise PydanticCustomError(
-                "not_implemented",
-                "not supported by this worker yet; send {allowed} or leave it out (got {value})",
-                {"allowed": allowed, "value": json.dumps(value, default=str)},
-            )
+    def _known_hr_sampler(cls, value: str | None) -> str | None:
+        if value and value != "Use same sampler":
+            as_custom_error(find_sampler, value)
         return value
 
-    @field_validator("prompt", "negative_prompt")
+    @field_validator("hr_scheduler")
     @classmethod
-    def _no_extra_networks(cls, value: str) -> str:
-        if match := EXTRA_NETWORK.search(value):
-            raise PydanticCustomError(
-                "extra_network",
-                "extra networks such as {tag} are not supported by this worker yet; remove the tag",
-                {"tag": match.group(0)},
-            )
-        return value
-
-    @field_validator("width", "height")
-    @classmethod
-    def _multiple_of_8(cls, value: int) -> int:
-        if value % limits.SIDE_MULTIPLE:
-            raise PydanticCustomError(
-                "multiple_of",
-                "must be a multiple of {multiple} (got {value})",
-                {"multiple": limits.SIDE_MULTIPLE, "value": value},
-            )
-        return value
-
-    @field_validator("sampler_name", "sampler_index")
-    @classmethod
-    def _known_sampler(cls, value: str | None) -> str | None:
-        if value is not None:
-            _as_custom_error(find_sampler, value)
-        return value
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_schedule(cls, value: str | None) -> str | None:
-        _as_custom_error(find_schedule, value)
+    def _known_hr_schedule(cls, value: str | None) -> str | None:
+        if value and value != "Use same scheduler":
+            as_custom_error(find_schedule, value)
         return value
 
     @model_validator(mode="after")
-    def _check_combination(self) -> Txt2ImgRequest:
-        if self.batch_size * self.n_iter > limits.MAX_IMAGES:
+    def _check_hires(self) -> Txt2ImgRequest:
+        if not self.enable_hr:
+            return self
+        if self.denoising_strength is None:
             raise PydanticCustomError(
-                "too_many_images",
-                "batch_size: batch_size * n_iter must be at most {max} (got {n})",
-                {"max": limits.MAX_IMAGES, "n": self.batch_size * self.n_iter},
-            )
+                "hires", "denoising_strength: required with enable_hr (hires fix), as in A1111", {})
+        width, height = self.hires_size
+        if max(width, height) > limits.MAX_HIRES_SIDE or min(width, height) < limits.MIN_SIDE:
+            raise PydanticCustomError(
+                "hires", "hr_scale: the hires size {w}x{h} must be within {lo}..{hi} per side",
+                {"w": width, "h": height, "lo": limits.MIN_SIDE, "hi": limits.MAX_HIRES_SIDE})
         try:
-            sampler, _ = self.sampler
+            self.hires_sampler
         except ValueError as error:
-            raise PydanticCustomError("sampler_schedule", "scheduler: {error}", {"error": str(error)})
-        if sampler.ancestral and self.eta not in (None, 1):
-            raise PydanticCustomError(
-                "eta",
-                "eta: sampler '{sampler}' runs with eta 1 in this worker; send 1 or leave it out",
-                {"sampler": sampler.name},
-            )
+            raise PydanticCustomError("sampler_schedule", "hr_scheduler: {error}", {"error": str(error)})
         return self
 
     @property
-    def sampler(self) -> tuple[Sampler, Schedule]:
-        """The sampler (sampler_name, else sampler_index) and its schedule, Automatic resolved."""
-        return resolve(self.sampler_name or self.sampler_index, self.scheduler)
+    def hires_size(self) -> tuple[int, int]:
+        """The hires pass's width and height, floored to multiples of 8.
 
+        hr_resize_x/y when set (one of them: the other keeps the aspect ratio), else size * hr_scale.
+        """
+        x, y = self.hr_resize_x, self.hr_resize_y
+        if x and not y:
+            y = round(x * self.height / self.width)
+        elif y and not x:
+            x = round(y * self.width / self.height)
+        elif not x and not y:
+            x, y = int(self.width * self.hr_scale), int(self.height * self.hr_scale)
+        multiple = limits.SIDE_MULTIPLE
+        return x // multiple * multiple, y // multiple * multiple
 
-def _as_custom_error(check, value) -> None:
-    try:
-        check(value)
-    except ValueError as error:
-        raise PydanticCustomError("unknown_name", "{error}", {"error": str(error)}) from None
+    @property
+    def hires_sampler(self) -> tuple[Sampler, Schedule]:
+        """hr_sampler_name / hr_scheduler, each falling back to the first pass's."""
+        same = (None, "", "Use same sampler", "Use same scheduler")
+        name = self.hr_sampler_name if self.hr_sampler_name not in same else self.sampler_name or self.sampler_index
+        schedule = self.hr_scheduler if self.hr_scheduler not in same else self.scheduler
+        return resolve(name, schedule)

@@ -1,0 +1,168 @@
+"""img2img and inpainting, with A1111's resize modes, masks, fills, "only masked" and step count.
+
+Masks: white = repaint. Ordinary checkpoints keep the unmasked area by blending the re-noised
+original into the latents at every step; inpainting checkpoints (9-channel UNets) are conditioned on
+the mask and the masked image instead. Either way the original pixels are composited back outside
+the mask at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from schemas import Img2ImgRequest, Options
+
+from . import image_ops
+from .generation import Generation
+from .job import Job
+from .model import LoadedModel
+from .sampling import Inpainting, denoise, img2img_steps, set_schedule
+from .tiling import tiled
+
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # inpainting_fill 0..3
+LATENT_RESIZE_MODE = 3
+FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = range(4)
+
+
+@dataclass
+class MaskPlan:
+    """How a request's mask applies to every init image (they share one mask)."""
+
+    repaint: Image.Image  # "L" at width x height: what is repainted, in the generated frame
+    overlay: Image.Image  # "L" at the output size: where generated pixels replace the original
+    box: tuple[int, int, int, int] | None  # "only masked": the region cut out of the original
+
+
+def img2img(model: LoadedModel, request: Img2ImgRequest, options: Options,
+            init_images: list[Image.Image], mask: Image.Image | None) -> Generation:
+    job = Job(model, request, options)
+    plan = _plan_mask(request, mask, init_images[0].size) if mask is not None else None
+    _add_params(job, request, plan)
+    count = len(job.all_seeds)
+    sources = [init_images[i % len(init_images)].convert("RGB") for i in range(count)]  # A1111 cycles them
+    images: list[Image.Image] = []
+    with tiled(model.unet, model.vae, enabled=bool(request.tiling)):
+        for seeds, subseeds in job.batches():
+            batch = sources[len(images):len(images) + len(seeds)]
+            images += _generate(job, request, options, batch, plan, seeds, subseeds)
+    return job.result(images)
+
+
+def _plan_mask(request: Img2ImgRequest, mask: Image.Image, image_size: tuple[int, int]) -> MaskPlan:
+    prepared = image_ops.prepare_mask(image_ops.mask_from_image(mask).resize(image_size),
+                                      request.mask_blur_x, request.mask_blur_y, bool(request.inpainting_mask_invert))
+    if request.inpaint_full_res and (box := image_ops.crop_region(prepared, request.inpaint_full_res_padding)):
+        box = image_ops.expand_to_aspect(box, request.width, request.height, *image_size)
+        repaint = image_ops.resize_image(prepared.crop(box), request.width, request.height, 2).convert("L")
+        return MaskPlan(repaint, prepared, box)
+    # "whole picture" (or an empty mask, where "only masked" has nothing to crop: A1111 does the same)
+    mode = 0 if request.resize_mode == LATENT_RESIZE_MODE else request.resize_mode
+    repaint = image_ops.resize_image(prepared, request.width, request.height, mode).convert("L")
+    return MaskPlan(repaint, _strengthen(repaint), None)
+
+
+def _strengthen(mask: Image.Image) -> Image.Image:
+    """For "whole picture", A1111 doubles the blurred mask for the overlay, so the repainted area stays solid."""
+    return Image.fromarray(np.clip(np.asarray(mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8))
+
+
+def _frame(request: Img2ImgRequest, image: Image.Image, plan: MaskPlan | None) -> tuple[Image.Image, Image.Image]:
+    """(the picture the output is composed on, the picture that is encoded and denoised)."""
+    if plan is not None and plan.box is not None:
+        return image, image_ops.resize_image(image.crop(plan.box), request.width, request.height, 2)
+    if request.resize_mode == LATENT_RESIZE_MODE:
+        resized = image_ops.resize_image(image, request.width, request.height, 0)
+        multiple = 8  # encoded at its own size (floored to the VAE's multiple), resized as latents
+        own_size = (max(image.width // multiple, 1) * multiple, max(image.height // multiple, 1) * multiple)
+        return resized, image.resize(own_size, Image.Resampling.LANCZOS)
+    resized = image_ops.resize_image(image, request.width, request.height, request.resize_mode)
+    return resized, resized
+
+
+def _generate(job: Job, request: Img2ImgRequest, options: Options, sources: list[Image.Image],
+              plan: MaskPlan | None, seeds: list[int], subseeds: list[int]) -> list[Image.Image]:
+    model = job.model
+    frames = [_frame(request, image, plan) for image in sources]
+    encoded = [image_ops.fill_masked(work, plan.repaint) if plan and request.inpainting_fill == FILL else work
+               for _, work in frames]
+    init = model.encode_images(encoded)
+    latent_size = (request.height // model.scale_factor, request.width // model.scale_factor)
+    if init.shape[-2:] != latent_size:
+        init = F.interpolate(init, size=latent_size, mode="bilinear")
+    noise, generators = job.noise(seeds, subseeds, request.width, request.height)
+    noise = noise * (request.initial_noise_multiplier or 1.0)
+    inpainting = _inpainting(job, request, plan, init, noise, [work for _, work in frames])
+    if inpainting is not None and not model.is_inpainting:
+        init = _fill_latents(request.inpainting_fill, init, inpainting.mask, noise)
+
+    scheduler = job.scheduler()
+    length, run = img2img_steps(request.steps, request.denoising_strength, options.img2img_fix_steps)
+    timesteps = set_schedule(scheduler, length, run, model.device)
+    conditioning = job.conditioning(request.prompt, request.negative_prompt, request.steps)
+    latents = denoise(model.unet, scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]),
+                      conditioning, request.cfg_scale, generators, job.eta, inpainting)
+    return [_compose(canvas, generated, plan) for (canvas, _), generated in zip(frames, model.decode_latents(latents))]
+
+
+def _inpainting(job: Job, request: Img2ImgRequest, plan: MaskPlan | None, init: torch.Tensor,
+                noise: torch.Tensor, pictures: list[Image.Image]) -> Inpainting | None:
+    model = job.model
+    if plan is None and not model.is_inpainting:
+        return None
+    batch, _, h, w = init.shape
+    if plan is None:  # an inpainting checkpoint without a mask: everything may change
+        mask = torch.ones(batch, 1, h, w, device=init.device)
+    else:
+        small = np.asarray(plan.repaint.resize((w, h)), dtype=np.float32) / 255
+        if request.mask_round:
+            small = np.around(small)
+        mask = torch.from_numpy(small).to(init.device)[None, None].repeat(batch, 1, 1, 1)
+    if not model.is_inpainting:
+        return Inpainting(init, mask, noise)
+    binary = plan.repaint.point(lambda v: 255 if v >= 128 else 0) if plan else Image.new("L", pictures[0].size, 255)
+    gray = Image.new("RGB", pictures[0].size, (127, 127, 127))
+    masked = model.encode_images([Image.composite(gray, picture, binary) for picture in pictures])
+    condition_mask = torch.from_numpy(np.asarray(binary, dtype=np.float32) / 255).to(init.device)
+    condition_mask = F.interpolate(condition_mask[None, None], size=(h, w)).repeat(batch, 1, 1, 1)
+    return Inpainting(init, mask, noise, unet_extra=torch.cat([condition_mask, masked], dim=1))
+
+
+def _fill_latents(fill: int, init: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """inpainting_fill 2 and 3 replace the masked latents with noise or nothing before sampling."""
+    if fill == LATENT_NOISE:
+        return init * (1 - mask) + noise * mask
+    if fill == LATENT_NOTHING:
+        return init * (1 - mask)
+    return init
+
+
+def _compose(canvas: Image.Image, generated: Image.Image, plan: MaskPlan | None) -> Image.Image:
+    if plan is None:
+        return generated
+    if plan.box is not None:
+        generated = image_ops.paste_region(canvas, generated, plan.box)
+    return image_ops.composite_original(canvas, generated, plan.overlay)
+
+
+def _add_params(job: Job, request: Img2ImgRequest, plan: MaskPlan | None) -> None:
+    extra = job.extra_params
+    extra["Denoising strength"] = request.denoising_strength
+    if request.initial_noise_multiplier not in (None, 1):
+        extra["Noise multiplier"] = request.initial_noise_multiplier
+    if plan is None:
+        return
+    if request.mask_blur_x == request.mask_blur_y:
+        extra["Mask blur"] = request.mask_blur_x
+    else:
+        extra["Mask blur x"], extra["Mask blur y"] = request.mask_blur_x, request.mask_blur_y
+    if request.inpainting_mask_invert:
+        extra["Mask mode"] = "Inpaint not masked"
+    extra["Masked content"] = MASKED_CONTENT[request.inpainting_fill]
+    if plan.box is not None:
+        extra["Inpaint area"] = "Only masked"
+        extra["Masked area padding"] = request.inpaint_full_res_padding

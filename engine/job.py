@@ -1,0 +1,140 @@
+"""One generation request's shared state (A1111's "processing" object): seeds, noise, conditioning,
+scheduler, and the infotext / `info` of the result. txt2img and img2img build on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import torch
+
+from schemas import GenerationRequest, Options
+from schemas.samplers import Sampler, Schedule
+
+from .conditioning import Conditioning
+from .generation import GeneratedImage, Generation
+from .infotext import build_infotext, worker_version
+from .model import LoadedModel
+from .noise import batch_noise, latent_shape, resolve_seed
+from .samplers import make_scheduler
+
+# samplers whose steps add noise: the only ones eta_noise_seed_delta affects (A1111's rule)
+_ENSD_SAMPLERS = ("a", "SDE")
+
+
+class Job:
+    def __init__(self, model: LoadedModel, request: GenerationRequest, options: Options):
+        self.model, self.request, self.options = model, request, options
+        self.sampler, self.schedule = request.sampler
+        self.seed, self.subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
+        count = request.batch_size * request.n_iter
+        varied = request.subseed_strength > 0  # A1111: variations share the seed, vary the subseed
+        self.all_seeds = [self.seed + (0 if varied else i) for i in range(count)]
+        self.all_subseeds = [self.subseed + i for i in range(count)]
+        self.extra_params: dict[str, Any] = {}  # infotext keys an operation adds, in order
+        self.timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
+
+    @property
+    def clip_skip(self) -> int:
+        return self.options.CLIP_stop_at_last_layers
+
+    @property
+    def uses_noise_seed_delta(self) -> bool:
+        return bool(self.options.eta_noise_seed_delta) and self.sampler.name.endswith(_ENSD_SAMPLERS)
+
+    def batches(self) -> Iterator[tuple[list[int], list[int]]]:
+        """(seeds, subseeds) of each of the n_iter batches."""
+        size = self.request.batch_size
+        for start in range(0, len(self.all_seeds), size):
+            yield self.all_seeds[start:start + size], self.all_subseeds[start:start + size]
+
+    def noise(self, seeds: list[int], subseeds: list[int], width: int, height: int) -> tuple[torch.Tensor, list]:
+        """Starting noise for a batch at width x height, on the model's device, and step generators."""
+        factor = self.model.scale_factor
+        resize = self.request.seed_resize_from
+        noise, generators = batch_noise(
+            seeds, subseeds, self.request.subseed_strength, latent_shape(width, height, factor),
+            latent_shape(*resize, factor) if resize else None,
+            self.options.eta_noise_seed_delta if self.uses_noise_seed_delta else 0,
+        )
+        return noise.to(self.model.device), generators
+
+    def conditioning(self, prompt: str, negative_prompt: str, steps: int) -> Conditioning:
+        return self.model.encoder.conditioning(prompt, negative_prompt, steps, self.clip_skip)
+
+    def scheduler(self, sampler: Sampler | None = None, schedule: Schedule | None = None):
+        return make_scheduler(self.model.scheduler_config, sampler or self.sampler, schedule or self.schedule)
+
+    @property
+    def eta(self) -> float:
+        return self.request.eta or 0.0
+
+    def params(self, index: int) -> dict[str, Any]:
+        """Image `index`'s infotext parameters, in A1111's order."""
+        request, checkpoint = self.request, self.model.checkpoint
+        varied = request.subseed_strength > 0
+        resize = request.seed_resize_from
+        return {
+            "Steps": request.steps,
+            "Sampler": self.sampler.name,
+            "Schedule type": self.schedule.label,
+            "CFG scale": request.cfg_scale,
+            "Seed": self.all_seeds[index],
+            "Size": f"{request.width}x{request.height}",
+            "Model hash": checkpoint.short_hash,
+            "Model": checkpoint.model_name,
+            "Variation seed": self.all_subseeds[index] if varied else None,
+            "Variation seed strength": request.subseed_strength if varied else None,
+            "Seed resize from": f"{resize[0]}x{resize[1]}" if resize else None,
+            "Denoising strength": self.extra_params.get("Denoising strength"),
+            "Clip skip": self.clip_skip if self.clip_skip > 1 else None,
+            "ENSD": self.options.eta_noise_seed_delta if self.uses_noise_seed_delta else None,
+            "Eta": request.eta if self.sampler.name == "DDIM" and request.eta else None,
+            "Tiling": True if request.tiling else None,
+            **{k: v for k, v in self.extra_params.items() if k != "Denoising strength"},
+            "Version": worker_version(),
+        }
+
+    def result(self, images: list) -> Generation:
+        """The generated images with their infotexts, and A1111's `info`."""
+        request = self.request
+        generated = [GeneratedImage(image, build_infotext(request.prompt, request.negative_prompt, self.params(i)))
+                     for i, image in enumerate(images)]
+        count = len(self.all_seeds)
+        info = {
+            "prompt": request.prompt,
+            "all_prompts": [request.prompt] * count,
+            "negative_prompt": request.negative_prompt,
+            "all_negative_prompts": [request.negative_prompt] * count,
+            "seed": self.seed,
+            "all_seeds": self.all_seeds,
+            "subseed": self.subseed,
+            "all_subseeds": self.all_subseeds,
+            "subseed_strength": request.subseed_strength,
+            "width": request.width,
+            "height": request.height,
+            "sampler_name": self.sampler.name,
+            "cfg_scale": request.cfg_scale,
+            "steps": request.steps,
+            "batch_size": request.batch_size,
+            "restore_faces": False,
+            "face_restoration_model": None,
+            "sd_model_name": self.model.checkpoint.model_name,
+            "sd_model_hash": self.model.checkpoint.short_hash,
+            "sd_vae_name": None,
+            "sd_vae_hash": None,
+            "seed_resize_from_w": request.seed_resize_from_w,
+            "seed_resize_from_h": request.seed_resize_from_h,
+            "denoising_strength": request.denoising_strength,
+            "extra_generation_params": {"Schedule type": self.schedule.label, **self.extra_params},
+            "index_of_first_image": 0,
+            "infotexts": [g.infotext for g in generated],
+            "styles": [],
+            "job_timestamp": self.timestamp,
+            "clip_skip": self.clip_skip,
+            "is_using_inpainting_conditioning": self.model.is_inpainting,
+            "version": worker_version(),
+        }
+        return Generation(generated, info)

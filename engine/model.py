@@ -1,0 +1,65 @@
+"""A loaded checkpoint: its diffusers pipeline, prompt encoder and the facts generation needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from PIL import Image
+
+from .conditioning import PromptEncoder
+from .models_dir import Checkpoint
+
+
+@dataclass
+class LoadedModel:
+    checkpoint: Checkpoint
+    pipe: StableDiffusionPipeline
+    scheduler_config: dict = field(init=False)  # the checkpoint's own noise schedule
+    encoder: PromptEncoder = field(init=False)
+
+    def __post_init__(self):
+        self.scheduler_config = dict(self.pipe.scheduler.config)
+        self.encoder = PromptEncoder(self.pipe.tokenizer, self.pipe.text_encoder)
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def vae(self):
+        return self.pipe.vae
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def scale_factor(self) -> int:
+        return self.pipe.vae_scale_factor
+
+    @property
+    def is_inpainting(self) -> bool:
+        """A 9-channel UNet (latents + mask + masked-image latents): an inpainting checkpoint."""
+        return self.unet.config.in_channels == 9
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        """VAE latents (the distribution's mode, so encoding is deterministic), scaled for the UNet."""
+        pixels = torch.stack([_to_tensor(image) for image in images]).to(self.device, self.vae.dtype)
+        latents = self.vae.encode(pixels).latent_dist.mode()
+        return latents.float() * self.vae.config.scaling_factor
+
+    @torch.inference_mode()
+    def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
+        pixels = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
+        array = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return [Image.fromarray(a) for a in array.permute(0, 2, 3, 1).cpu().numpy()]
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB image -> (3, H, W) in [-1, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1
+    return torch.from_numpy(array).permute(2, 0, 1)

@@ -1,0 +1,189 @@
+"""Fields txt2img and img2img share, with A1111's API defaults (../shared/a1111-api.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from . import limits
+from .options import Options
+from .samplers import DEFAULT_SAMPLER, Sampler, Schedule, find_sampler, find_schedule, resolve
+
+# A1111's extra-network syntax, e.g. <lora:name:0.8>, <hypernet:name:1>
+EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+
+
+def _blank_seed_is_random(value: Any) -> Any:
+    return -1 if value is None or value == "" else value
+
+
+Seed = Annotated[int, BeforeValidator(_blank_seed_is_random), Field(ge=-1, lt=2**32)]
+
+
+class GenerationRequest(BaseModel):
+    """Every field A1111 v1.10 documents for both txt2img and img2img. Unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    # Fields accepted but not implemented yet: a value outside these is refused, never dropped.
+    # Subclasses add their own; an issue that implements one removes it here.
+    not_implemented: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "styles": (None, []),
+        "restore_faces": (None, False),
+        "s_min_uncond": (None, 0),
+        "s_churn": (None, 0),
+        "s_tmin": (None, 0),
+        "s_tmax": (None, 0, math.inf),  # A1111 reads 0 as infinity
+        "s_noise": (None, 1),
+        "refiner_checkpoint": (None, "", "None"),
+        "script_name": (None, "", "None"),
+        "script_args": (None, []),
+        "alwayson_scripts": (None, {}),
+        "infotext": (None, ""),
+        "save_images": (False,),
+    }
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] | None = None
+    seed: Seed = -1
+    subseed: Seed = -1
+    subseed_strength: float = Field(0, ge=0, le=1)
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None
+    scheduler: str | None = None
+    batch_size: int = Field(1, ge=1, le=limits.MAX_BATCH_SIZE)
+    n_iter: int = Field(1, ge=1, le=limits.MAX_N_ITER)
+    steps: int = Field(50, ge=1, le=limits.MAX_STEPS)
+    cfg_scale: float = Field(7.0, ge=limits.MIN_CFG_SCALE, le=limits.MAX_CFG_SCALE)
+    width: int = Field(512, ge=limits.MIN_SIDE, le=limits.MAX_SIDE)
+    height: int = Field(512, ge=limits.MIN_SIDE, le=limits.MAX_SIDE)
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = Field(None, ge=0)
+    denoising_strength: float | None = Field(None, ge=0, le=1)
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool = False
+    comments: dict[str, Any] | None = None
+    force_task_id: str | None = None
+    sampler_index: str = DEFAULT_SAMPLER
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: str | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _refuse_not_implemented(cls, value: Any, info) -> Any:
+        allowed = cls.not_implemented.get(info.field_name)
+        if allowed is not None and value not in allowed:
+            raise PydanticCustomError(
+                "not_implemented",
+                "not supported by this worker yet; send {allowed} or leave it out (got {value})",
+                {"allowed": " or ".join(json.dumps(v) for v in allowed), "value": json.dumps(value, default=str)},
+            )
+        return value
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _no_extra_networks(cls, value: str) -> str:
+        if match := EXTRA_NETWORK.search(value):
+            raise PydanticCustomError(
+                "extra_network",
+                "extra networks such as {tag} are not supported by this worker yet; remove the tag",
+                {"tag": match.group(0)},
+            )
+        return value
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % limits.SIDE_MULTIPLE:
+            raise PydanticCustomError(
+                "multiple_of", "must be a multiple of {multiple} (got {value})",
+                {"multiple": limits.SIDE_MULTIPLE, "value": value},
+            )
+        return value
+
+    @field_validator("sampler_name", "sampler_index")
+    @classmethod
+    def _known_sampler(cls, value: str | None) -> str | None:
+        if value is not None:
+            as_custom_error(find_sampler, value)
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_schedule(cls, value: str | None) -> str | None:
+        as_custom_error(find_schedule, value)
+        return value
+
+    @field_validator("override_settings")
+    @classmethod
+    def _known_options(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        try:
+            Options.model_validate(value or {})
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: "
+                + ("not supported by this worker; supported: " + ", ".join(Options.model_fields)
+                   if e["type"] == "extra_forbidden" else e["msg"])
+                for e in error.errors(include_url=False)
+            )
+            raise PydanticCustomError("option", "{problems}", {"problems": problems}) from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_combination(self):
+        if self.batch_size * self.n_iter > limits.MAX_IMAGES:
+            raise PydanticCustomError(
+                "too_many_images", "batch_size: batch_size * n_iter must be at most {max} (got {n})",
+                {"max": limits.MAX_IMAGES, "n": self.batch_size * self.n_iter},
+            )
+        try:
+            sampler, _ = self.sampler
+        except ValueError as error:
+            raise PydanticCustomError("sampler_schedule", "scheduler: {error}", {"error": str(error)})
+        if sampler.ancestral and self.eta not in (None, 1):
+            raise PydanticCustomError(
+                "eta", "eta: sampler '{sampler}' runs with eta 1 in this worker; send 1 or leave it out",
+                {"sampler": sampler.name},
+            )
+        return self
+
+    @property
+    def sampler(self) -> tuple[Sampler, Schedule]:
+        """The sampler (sampler_name, else sampler_index) and its schedule, Automatic resolved."""
+        return resolve(self.sampler_name or self.sampler_index, self.scheduler)
+
+    @property
+    def seed_resize_from(self) -> tuple[int, int] | None:
+        """(width, height) the noise is generated at before being pasted in, if both are set."""
+        if self.seed_resize_from_w > 0 and self.seed_resize_from_h > 0:
+            return self.seed_resize_from_w, self.seed_resize_from_h
+        return None
+
+
+def as_custom_error(check, value) -> None:
+    try:
+        check(value)
+    except ValueError as error:
+        raise PydanticCustomError("unknown_name", "{error}", {"error": str(error)}) from None

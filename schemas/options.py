@@ -1,0 +1,22 @@
+"""Server options (A1111's /sdapi/v1/options names) that change generation, with A1111's defaults.
+
+A request's `override_settings` may set any of them for that request; a key this worker does not
+implement is refused rather than ignored.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    sd_model_checkpoint: str | None = Field(None, description="checkpoint title, name or short hash")
+    CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="clip skip")
+    eta_noise_seed_delta: int = Field(0, ge=0, description="added to seeds for samplers' step noise (ENSD)")
+    img2img_fix_steps: bool = Field(False, description="img2img runs exactly `steps` steps")
+
+    def merged(self, overrides: dict | None) -> Options:
+        """These options with a request's overrides applied (validated)."""
+        return Options.model_validate({**self.model_dump(), **(overrides or {})})

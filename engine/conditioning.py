@@ -27,9 +27,9 @@ class Schedule:
     embeddings: list[torch.Tensor]  # each (1, 77 * chunks, dim)
 
     def at(self, step: int) -> torch.Tensor:
-        """The embedding for a 0-based sampling step (A1111's rule: the first entry with step <= end)."""
+        """The embedding for a 0-based sampling step, i.e. the 1-based step `step + 1` of the schedule."""
         for end, embedding in zip(self.ends, self.embeddings):
-            if step <= end:
+            if step < end:
                 return embedding
         return self.embeddings[-1]
 
@@ -84,7 +84,8 @@ class PromptEncoder:
     def chunks(self, text: str) -> list[tuple[list[int], list[float]]]:
         """Token ids and weights per chunk, each padded to 77 with BOS/EOS."""
         fragments = parse_attention(text)
-        tokenized = self.tokenizer([t for t, w in fragments], add_special_tokens=False, truncation=False).input_ids
+        tokenized = self.tokenizer([t for t, w in fragments], add_special_tokens=False, truncation=False,
+                                   verbose=False).input_ids
         comma = self.tokenizer.convert_tokens_to_ids(",</w>")
         chunks: list[tuple[list[int], list[float]]] = []
         tokens: list[int] = []

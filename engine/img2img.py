@@ -100,7 +100,7 @@ def _generate(job: Job, request: Img2ImgRequest, options: Options, sources: list
     if inpainting is not None and not model.is_inpainting:
         init = _fill_latents(request.inpainting_fill, init, inpainting.mask, noise)
 
-    scheduler = job.scheduler()
+    scheduler = job.scheduler(seeds)
     length, run = img2img_steps(request.steps, request.denoising_strength, options.img2img_fix_steps)
     timesteps = set_schedule(scheduler, length, run, model.device)
     conditioning = job.conditioning(request.prompt, request.negative_prompt, request.steps)

@@ -64,8 +64,11 @@ class Job:
     def conditioning(self, prompt: str, negative_prompt: str, steps: int) -> Conditioning:
         return self.model.encoder.conditioning(prompt, negative_prompt, steps, self.clip_skip)
 
-    def scheduler(self, sampler: Sampler | None = None, schedule: Schedule | None = None):
-        return make_scheduler(self.model.scheduler_config, sampler or self.sampler, schedule or self.schedule)
+    def scheduler(self, seeds: list[int], sampler: Sampler | None = None, schedule: Schedule | None = None):
+        """A fresh scheduler for one batch (the request's sampler unless another is given)."""
+        delta = self.options.eta_noise_seed_delta if self.uses_noise_seed_delta else 0
+        return make_scheduler(self.model.scheduler_config, sampler or self.sampler, schedule or self.schedule,
+                              [seed + delta for seed in seeds])
 
     @property
     def eta(self) -> float:

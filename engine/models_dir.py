@@ -122,4 +122,6 @@ def default_checkpoint(models_dir: Path, wanted: str | None = None) -> Checkpoin
     try:
         return find_checkpoint(checkpoints, wanted)
     except LookupError as error:
-        raise ModelsDirError(f"SD_MODEL: {error}") from None
+        raise ModelsDirError(
+            f"SD_MODEL: {error}; checkpoints are read from {(models_dir / CHECKPOINTS_SUBDIR).resolve()}"
+        ) from None

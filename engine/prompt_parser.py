@@ -25,7 +25,7 @@ __all__ = ["parse_attention", "prompt_schedules", "split_and"]
 # Emphasis
 
 _ROUND_FACTOR = 1.1
-_SQUARE_FACTOR = 1 / 1.1  # A1111 multiplies by this constant (not a division): keeps floats identical
+_SQUARE_FACTOR = 1 / 1.1  # multiplied by, as A1111 does, so that the floats come out identical
 _WEIGHT_CLOSE = re.compile(r":\s*([+-]?[.\d]+)\s*\)")  # ":1.3)" closing an explicit-weight group
 _BREAK_WORD = re.compile(r"\s*\bBREAK\b\s*")
 _ESCAPABLE = "()[]\\"
@@ -171,24 +171,20 @@ class _Alternate:
 
 
 class _Frame:
-    """An open bracket while scanning: its items so far, split at its own ``:`` / ``|``."""
+    """An open bracket while scanning: its items so far, split at its own ``:`` / ``|``.
 
-    __slots__ = ("char", "parts", "seps", "valid")
+    A frame that turns out not to be editing/emphasis syntax stays in the tree as literal text:
+    its bracket, then its parts joined by its separators (its closing bracket, if any, follows it).
+    """
+
+    __slots__ = ("char", "parts", "seps", "valid", "bare_pipe")
 
     def __init__(self, char: str):
         self.char = char
         self.parts: list[list] = [[]]  # items (str or node) between separators
         self.seps: list[str] = []  # the separators, in order
         self.valid = True  # False once the group cannot be well-formed editing/emphasis syntax
-
-    def spill(self) -> list:
-        """The frame as literal text: its bracket, then everything inside it."""
-        out: list = [self.char]
-        for k, part in enumerate(self.parts):
-            if k:
-                out.append(self.seps[k - 1])
-            out.extend(part)
-        return out
+        self.bare_pipe = False  # a "|" in it, or in a literal frame inside it, separates nothing
 
 
 def _close(frame: _Frame):
@@ -219,10 +215,11 @@ def _close(frame: _Frame):
 def _parse(prompt: str) -> list:
     """Parse into a list of str and nodes. Raises _ParseError where A1111's grammar fails.
 
-    Brackets are matched with a stack. A group whose insides are well formed becomes a node; one that
-    is not (unbalanced, mismatched, or wrong use of ``:``/``|``) is literal text, and so is every
-    group around it. ``|`` is legal only as an alternation separator, and a backslash must escape a
-    following character (not a newline): otherwise the whole prompt fails to parse, as in A1111.
+    Brackets are matched with a stack. A group whose insides are well formed becomes a node; one
+    that is not (unbalanced, mismatched, or wrong use of ``:``/``|``) is literal text, and so is
+    every group around it. ``|`` is legal only as an alternation separator, and a backslash must
+    escape a following character (not a newline): otherwise the whole prompt fails to parse, as in
+    A1111.
     """
     top: list = []
     stack: list[_Frame] = []
@@ -230,15 +227,14 @@ def _parse(prompt: str) -> list:
     def emit(item) -> None:
         (stack[-1].parts[-1] if stack else top).append(item)
 
-    def dissolve(frame: _Frame) -> None:
-        items = frame.spill()
+    def dissolve(frame: _Frame) -> None:  # the frame is literal text, and so is any group around it
+        frame.bare_pipe = frame.bare_pipe or "|" in frame.seps
         if stack:
             stack[-1].valid = False
-            stack[-1].parts[-1].extend(items)
-        else:
-            if "|" in items:
-                raise _ParseError("'|' outside alternation")
-            top.extend(items)
+            stack[-1].bare_pipe = stack[-1].bare_pipe or frame.bare_pipe
+        elif frame.bare_pipe:
+            raise _ParseError("'|' outside alternation")
+        emit(frame)
 
     i, n = 0, len(prompt)
     while i < n:
@@ -296,7 +292,7 @@ def _edit_step(token: str, steps: int) -> int:
 
 
 def _nodes(items: list):
-    """Every node in `items`, at any depth (iteratively: deep nesting must not hit the recursion limit)."""
+    """Every node in `items`, at any depth (iteratively: deep nesting cannot overflow the stack)."""
     todo = [items]
     while todo:
         for item in todo.pop():
@@ -305,7 +301,7 @@ def _nodes(items: list):
             yield item
             if isinstance(item, _Edit):
                 todo.extend((item.before, item.after))
-            elif isinstance(item, _Emphasis):
+            elif isinstance(item, (_Emphasis, _Frame)):
                 todo.extend(item.parts)
             else:
                 todo.extend(item.options)
@@ -324,6 +320,12 @@ def _render(items: list, step: int) -> str:
             expanded = item.before if step <= item.when else item.after
         elif isinstance(item, _Alternate):
             expanded = item.options[(step - 1) % len(item.options)]
+        elif isinstance(item, _Frame):  # literal text
+            expanded = [item.char]
+            for k, part in enumerate(item.parts):
+                if k:
+                    expanded.append(item.seps[k - 1])
+                expanded.extend(part)
         else:
             expanded = [item.open]
             for k, part in enumerate(item.parts):

@@ -20,6 +20,8 @@ DEFAULT_HIRES_UPSCALER = "Latent"
 def txt2img(model: LoadedModel, request: Txt2ImgRequest, options: Options) -> Generation:
     job = Job(model, request, options)
     if request.enable_hr:
+        if (request.hr_upscaler or DEFAULT_HIRES_UPSCALER) not in LATENT_MODES:
+            pixel_upscaler(request.hr_upscaler, "hr_upscaler")  # an unknown name fails before any work
         _add_hires_params(job, request)
     images: list[Image.Image] = []
     with tiled(model.unet, model.vae, enabled=bool(request.tiling)):
@@ -33,7 +35,7 @@ def txt2img(model: LoadedModel, request: Txt2ImgRequest, options: Options) -> Ge
 
 def _first_pass(job: Job, request: Txt2ImgRequest, seeds: list[int], subseeds: list[int]) -> torch.Tensor:
     noise, generators = job.noise(seeds, subseeds, request.width, request.height)
-    scheduler = job.scheduler()
+    scheduler = job.scheduler(seeds)
     timesteps = set_schedule(scheduler, request.steps, request.steps, job.model.device)
     conditioning = job.conditioning(request.prompt, request.negative_prompt, request.steps)
     return denoise(job.model.unet, scheduler, timesteps, noise * scheduler.init_noise_sigma, conditioning,
@@ -45,16 +47,20 @@ def _hires_pass(job: Job, request: Txt2ImgRequest, latents: torch.Tensor, seeds:
     """Upscale the first pass (in latent or pixel space) and re-denoise it at the hires size."""
     model = job.model
     width, height = request.hires_size
+    upscale_width, upscale_height = request.hires_upscale_to
     upscaler = request.hr_upscaler or DEFAULT_HIRES_UPSCALER
+    factor = model.scale_factor
     if upscaler in LATENT_MODES:
-        init = upscale_latents(latents, upscaler, height // model.scale_factor, width // model.scale_factor)
+        init = upscale_latents(latents, upscaler, upscale_height // factor, upscale_width // factor)
     else:
         upscale = pixel_upscaler(upscaler, "hr_upscaler")
-        init = model.encode_images([upscale(image, width, height) for image in model.decode_latents(latents)])
+        init = model.encode_images([upscale(image, upscale_width, upscale_height)
+                                    for image in model.decode_latents(latents)])
+    init = _centre_crop(init, height // factor, width // factor)
 
     steps = request.hr_second_pass_steps or request.steps
     sampler, schedule = request.hires_sampler
-    scheduler = job.scheduler(sampler, schedule)
+    scheduler = job.scheduler(seeds, sampler, schedule)
     length, run = img2img_steps(steps, request.denoising_strength, exact=True)
     timesteps = set_schedule(scheduler, length, run, model.device)
     noise, generators = job.noise(seeds, subseeds, width, height)  # fresh noise from the same seeds
@@ -62,6 +68,11 @@ def _hires_pass(job: Job, request: Txt2ImgRequest, latents: torch.Tensor, seeds:
                                     request.hr_negative_prompt or request.negative_prompt, steps)
     return denoise(model.unet, scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]),
                    conditioning, request.cfg_scale, generators, job.eta, _inpainting_model_input(job, noise))
+
+
+def _centre_crop(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    top, left = (latents.shape[2] - height) // 2, (latents.shape[3] - width) // 2
+    return latents[:, :, top:top + height, left:left + width]
 
 
 def _inpainting_model_input(job: Job, noise: torch.Tensor) -> Inpainting | None:

@@ -64,7 +64,7 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), "EulerAncestralDiscreteScheduler",
             sigma_schedules=False, ancestral=True),
     Sampler("Euler", ("k_euler",), "EulerDiscreteScheduler"),
-    Sampler("LMS", ("k_lms",), "LMSDiscreteScheduler", sigma_schedules=False),
+    Sampler("LMS", ("k_lms",), "LMSDiscreteScheduler"),
     Sampler("Heun", ("k_heun",), "HeunDiscreteScheduler"),
     Sampler("DPM2", ("k_dpm_2",), "KDPM2DiscreteScheduler", default_schedule="karras"),
     Sampler("DPM2 a", ("k_dpm_2_a",), "KDPM2AncestralDiscreteScheduler", default_schedule="karras",

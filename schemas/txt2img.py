@@ -81,6 +81,23 @@ class Txt2ImgRequest(GenerationRequest):
         return x // multiple * multiple, y // multiple * multiple
 
     @property
+    def hires_upscale_to(self) -> tuple[int, int]:
+        """The size the first pass is upscaled to before the hires pass.
+
+        The hires size itself, except with both hr_resize_x and hr_resize_y: then the size that covers
+        it at the first pass's aspect ratio (rounded up to multiples of 8), centre-cropped afterwards.
+        """
+        x, y = self.hires_size
+        if not (self.hr_resize_x and self.hr_resize_y):
+            return x, y
+        if self.width / self.height < x / y:
+            x, y = x, -(-x * self.height // self.width)
+        else:
+            x, y = -(-y * self.width // self.height), y
+        multiple = limits.SIDE_MULTIPLE
+        return -(-x // multiple) * multiple, -(-y // multiple) * multiple
+
+    @property
     def hires_sampler(self) -> tuple[Sampler, Schedule]:
         """hr_sampler_name / hr_scheduler, each falling back to the first pass's."""
         same = (None, "", "Use same sampler", "Use same scheduler")

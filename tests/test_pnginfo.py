@@ -84,7 +84,7 @@ def test_round_trip_with_generated_image(engine):
     assert parsed["Prompt"] == "a cat" and parsed["Negative prompt"] == "dog"
     assert (parsed["Steps"], parsed["Sampler"], parsed["Schedule type"], parsed["Seed"]) == ("2", "DPM++ 2M", "Karras", "9")
     assert (parsed["Size-1"], parsed["Size-2"]) == ("64", "64")
-    assert parsed["Model hash"] == engine.checkpoint.short_hash
+    assert parsed["Model hash"] == engine.model.checkpoint.short_hash
 
 
 @pytest.mark.parametrize("payload", [{"image": "not base64!"}, {"image": _b64(b"plain text, not an image")}])

@@ -163,7 +163,7 @@ DOCUMENTED_SCHEDULES = [
         [(1, "female"), (2, "male"), (3, "female"), (4, "male"), (5, "female"),
          (6, "male"), (7, "female"), (8, "male"), (9, "female"), (10, "male")],
     ),
-    # A1111 lists [2, 'male'], [3, 'male'], [4, 'male'] separately; merged here (same texts per step).
+    # A1111 lists [2, 'male'], [3, 'male'], [4, 'male'] apart; merged here (same text per step).
     (
         "[fe|||]male",
         [(1, "female"), (4, "male"), (5, "female"), (8, "male"), (9, "female"), (10, "male")],
@@ -287,7 +287,10 @@ def test_schedules_emphasis_inside_edit():
 
 
 def test_schedules_edit_inside_emphasis():
-    assert prompt_schedules("a (b [c:d:2] e:1.2)", 10) == [(2, "a (b c e:1.2)"), (10, "a (b d e:1.2)")]
+    assert prompt_schedules("a (b [c:d:2] e:1.2)", 10) == [
+        (2, "a (b c e:1.2)"),
+        (10, "a (b d e:1.2)"),
+    ]
     assert prompt_schedules("[[a:b:2]]", 10) == [(2, "[a]"), (10, "[b]")]
 
 

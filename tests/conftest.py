@@ -1,0 +1,128 @@
+"""Shared fixtures: the tiny checkpoint (written once per session), an engine on the CPU, and helpers
+to read the PNGs the worker returns.
+
+Everything runs offline on the CPU: the tiny checkpoint has SD 1.5's architecture at tiny widths, so
+it loads through the same single-file path as a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers / transformers / huggingface_hub are imported
+
+import base64
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_NAME = "tiny-sd15"
+
+
+# ---------------------------------------------------------------- helpers (also offered as fixtures)
+
+def decode_png_b64(data: str) -> Image.Image:
+    """A base64 image from a response, opened (and checked to be a PNG)."""
+    raw = base64.b64decode(data, validate=True)
+    assert raw.startswith(b"\x89PNG\r\n\x1a\n"), "not a PNG"
+    image = Image.open(io.BytesIO(raw))
+    image.load()
+    return image
+
+
+def png_parameters(data: str | bytes | Image.Image) -> str | None:
+    """The `parameters` text chunk of a PNG (base64 string, raw bytes or an opened image)."""
+    if isinstance(data, str):
+        image = decode_png_b64(data)
+    elif isinstance(data, bytes):
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    else:
+        image = data
+    text = getattr(image, "text", None) or {}
+    return text.get("parameters", image.info.get("parameters"))
+
+
+def subprocess_env(models_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment for `python -m ...` subprocesses: offline, CPU, this source tree importable."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SD_MODEL", "RUNPOD_WEBHOOK_GET_JOB")}
+    env["HF_HUB_OFFLINE"] = "1"
+    env["WORKER_DEVICE"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    if models_dir is not None:
+        env["MODELS_DIR"] = str(models_dir)
+    env.update(extra)
+    return env
+
+
+
+def pytest_configure(config):
+    # diffusers' schedulers call numpy in ways numpy 2 deprecates, thousands of times per test run
+    config.addinivalue_line("filterwarnings", "ignore:__array:DeprecationWarning")
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """A models directory holding only Stable-diffusion/tiny-sd15.safetensors."""
+    from engine.tiny import write_tiny_checkpoint
+
+    directory = tmp_path_factory.mktemp("models")
+    path = write_tiny_checkpoint(directory)
+    assert path == directory / "Stable-diffusion" / f"{TINY_NAME}.safetensors"
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_path(models_dir) -> Path:
+    return models_dir / "Stable-diffusion" / f"{TINY_NAME}.safetensors"
+
+
+@pytest.fixture(scope="session")
+def engine_models_dir(tmp_path_factory, tiny_checkpoint_path) -> Path:
+    """The engine's models directory: tiny-sd15 plus tiny-sd15-inpainting (a 9-channel UNet), so that
+    tests can switch checkpoints with override_settings.sd_model_checkpoint."""
+    from engine.tiny import INPAINTING, write_tiny_checkpoint
+
+    directory = tmp_path_factory.mktemp("engine-models")
+    (directory / "Stable-diffusion").mkdir()
+    shutil.copyfile(tiny_checkpoint_path, directory / "Stable-diffusion" / tiny_checkpoint_path.name)
+    write_tiny_checkpoint(directory, architecture=INPAINTING)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def engine(engine_models_dir):
+    """The engine on tiny-sd15, on the CPU in float32 (shared: tests must not change its options)."""
+    from engine.runtime import Engine
+
+    return Engine.start(models_dir=engine_models_dir, sd_model=TINY_NAME, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def diffusers_models_dir(tmp_path_factory, engine) -> Path:
+    """A models directory holding the tiny pipeline saved as a diffusers folder (model_index.json)."""
+    directory = tmp_path_factory.mktemp("diffusers-models")
+    engine.model.pipe.save_pretrained(directory / "Stable-diffusion" / "tiny-diffusers")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def decode_png():
+    return decode_png_b64
+
+
+@pytest.fixture(scope="session")
+def read_parameters():
+    return png_parameters
+
+
+@pytest.fixture(scope="session")
+def worker_env():
+    """subprocess_env(models_dir, **extra): the environment for `python -m handler ...` subprocesses."""
+    return subprocess_env

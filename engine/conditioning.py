@@ -7,6 +7,7 @@ text-encoder outputs; the negative prompt becomes a schedule too (AND does not a
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -56,13 +57,16 @@ class Conditioning:
         return [weight for weight, _ in self.conds]
 
 
+CACHED_ENCODINGS = 64  # recent (text, clip skip) encodings kept: repeats within and across requests
+
+
 @dataclass
 class PromptEncoder:
-    """Encodes A1111 prompts with a CLIP tokenizer and text encoder; caches per (text, clip skip)."""
+    """Encodes A1111 prompts with a CLIP tokenizer and text encoder; keeps recent encodings."""
 
     tokenizer: object
     text_encoder: torch.nn.Module
-    _cache: dict = field(default_factory=dict)
+    _cache: OrderedDict = field(default_factory=OrderedDict)
 
     def conditioning(self, prompt: str, negative_prompt: str, steps: int, clip_skip: int) -> Conditioning:
         conds = [(weight, self.schedule(text, steps, clip_skip)) for text, weight in split_and(prompt)]
@@ -76,9 +80,13 @@ class PromptEncoder:
     def encode(self, text: str, clip_skip: int = 1) -> torch.Tensor:
         """(1, 77 * chunks, dim): each 75-token chunk encoded on its own, weighted, then concatenated."""
         key = (text, clip_skip)
-        if key not in self._cache:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        else:
             chunks = [self._encode_chunk(tokens, weights, clip_skip) for tokens, weights in self.chunks(text)]
             self._cache[key] = torch.cat(chunks, dim=1)
+            if len(self._cache) > CACHED_ENCODINGS:
+                self._cache.popitem(last=False)
         return self._cache[key]
 
     def chunks(self, text: str) -> list[tuple[list[int], list[float]]]:

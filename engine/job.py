@@ -20,10 +20,6 @@ from .model import LoadedModel
 from .noise import batch_noise, latent_shape, resolve_seed
 from .samplers import make_scheduler
 
-# samplers whose steps add noise: the only ones eta_noise_seed_delta affects (A1111's rule)
-_ENSD_SAMPLERS = ("a", "SDE")
-
-
 class Job:
     def __init__(self, model: LoadedModel, request: GenerationRequest, options: Options):
         self.model, self.request, self.options = model, request, options
@@ -42,7 +38,7 @@ class Job:
 
     @property
     def uses_noise_seed_delta(self) -> bool:
-        return bool(self.options.eta_noise_seed_delta) and self.sampler.name.endswith(_ENSD_SAMPLERS)
+        return bool(self.options.eta_noise_seed_delta) and self.sampler.adds_noise
 
     def batches(self) -> Iterator[tuple[list[int], list[int]]]:
         """(seeds, subseeds) of each of the n_iter batches."""

@@ -49,7 +49,7 @@ def detect_architecture(checkpoint: Checkpoint) -> str:
 
 def load_pipeline(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> StableDiffusionPipeline:
     diffusers_logging.disable_progress_bar()  # worker logs, not a terminal
-    common = {"torch_dtype": dtype, "local_files_only": True, "safety_checker": None,
+    common = {"dtype": dtype, "local_files_only": True, "safety_checker": None,
               "feature_extractor": None, "requires_safety_checker": False}
     if checkpoint.is_single_file:
         pipe = StableDiffusionPipeline.from_single_file(  # the UNet's channels come from the config

@@ -26,11 +26,16 @@ LATENT_MODES: dict[str, tuple[str, bool]] = {
 
 PixelUpscaler = Callable[[Image.Image, int, int], Image.Image]
 
-PIXEL_UPSCALERS: dict[str, PixelUpscaler] = {
-    "None": lambda image, w, h: image.resize((w, h), Image.Resampling.LANCZOS),
-    "Lanczos": lambda image, w, h: image.resize((w, h), Image.Resampling.LANCZOS),
-    "Nearest": lambda image, w, h: image.resize((w, h), Image.Resampling.NEAREST),
-}
+def _lanczos(image: Image.Image, width: int, height: int) -> Image.Image:
+    return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def _nearest(image: Image.Image, width: int, height: int) -> Image.Image:
+    return image.resize((width, height), Image.Resampling.NEAREST)
+
+
+# "None" is A1111's plain resize, which is Lanczos
+PIXEL_UPSCALERS: dict[str, PixelUpscaler] = {"None": _lanczos, "Lanczos": _lanczos, "Nearest": _nearest}
 
 
 def upscale_latents(latents: torch.Tensor, mode: str, height: int, width: int) -> torch.Tensor:

@@ -32,6 +32,12 @@ class Sampler:
     sigma_schedules: bool = True  # accepts Karras/Exponential/Beta sigma schedules
     ancestral: bool = False  # adds fresh noise each step (eta fixed at 1 in diffusers)
 
+    @property
+    def adds_noise(self) -> bool:
+        """Whether steps draw fresh noise: the samplers eta_noise_seed_delta (ENSD) affects."""
+        return (self.ancestral or self.scheduler_class == "DPMSolverSDEScheduler"
+                or self.config.get("algorithm_type", "").startswith("sde"))
+
 
 SCHEDULES: tuple[Schedule, ...] = (
     Schedule(AUTOMATIC, "Automatic", {"timestep_spacing": "linspace"}),  # the model's own sigmas

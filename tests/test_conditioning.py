@@ -118,3 +118,12 @@ def test_clip_skip_changes_the_encoding_and_is_in_the_infotext(engine, encoder):
     info = json.loads(output["info"])
     assert "Clip skip: 2" in info["infotexts"][0] and info["clip_skip"] == 2
     assert output["images"] != route(engine, "POST", "txt2img", {**BASE, "prompt": "a cat"})["images"]
+
+
+def test_encoding_cache_is_bounded(encoder):
+    from engine.conditioning import CACHED_ENCODINGS
+
+    for i in range(CACHED_ENCODINGS + 5):
+        encoder.encode(f"prompt number {i}")
+    assert len(encoder._cache) == CACHED_ENCODINGS
+    assert ("prompt number 0", 1) not in encoder._cache and (f"prompt number {CACHED_ENCODINGS + 4}", 1) in encoder._cache

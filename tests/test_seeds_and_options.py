@@ -101,3 +101,20 @@ def test_tiling_pads_circularly_during_generation_only(engine):
     output = run(engine, tiling=True)
     assert "Tiling: True" in json.loads(output["info"])["infotexts"][0]
     assert output["images"] != run(engine)["images"]
+
+
+@pytest.mark.parametrize("name, adds_noise", [
+    ("Euler a", True), ("DPM2 a", True), ("DPM++ SDE", True), ("DPM++ 2M SDE", True), ("DPM++ 2M SDE Heun", True),
+    ("DPM++ 3M SDE", True), ("Euler", False), ("DPM++ 2M", False), ("DDIM", False), ("UniPC", False),
+])
+def test_ensd_applies_to_the_samplers_that_draw_step_noise(name, adds_noise):
+    from schemas.samplers import find_sampler
+
+    assert find_sampler(name)[0].adds_noise is adds_noise
+
+
+def test_sde_sampler_is_deterministic_and_follows_ensd(engine):
+    sde = {"sampler_name": "DPM++ SDE"}
+    first = run(engine, **sde)["images"]
+    assert run(engine, **sde)["images"] == first
+    assert run(engine, override_settings={"eta_noise_seed_delta": 1}, **sde)["images"] != first

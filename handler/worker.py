@@ -1,7 +1,7 @@
 """The RunPod serverless adapter: job input -> router -> A1111 response, or a FAILED job with one line.
 
 Accepted inputs (../shared/runpod.md):
-  - the bare A1111 txt2img body: {"prompt": ..., ...}
+  - the bare A1111 body: txt2img, or img2img when it has `init_images`
   - the envelope: {"api": {"method": "POST", "endpoint": "/sdapi/v1/txt2img"}, "payload": {...}}
 """
 
@@ -31,7 +31,7 @@ def parse_job_input(job_input: Any) -> tuple[str, str, dict[str, Any]]:
     if not isinstance(job_input, dict):
         raise BadEnvelope(f"input: must be a JSON object (got {type(job_input).__name__})")
     if "api" not in job_input:
-        return "POST", "txt2img", job_input
+        return "POST", "img2img" if "init_images" in job_input else "txt2img", job_input
     api, payload = job_input["api"], job_input.get("payload", {})
     if not isinstance(api, dict) or not isinstance(api.get("endpoint"), str):
         raise BadEnvelope('api: must be {"method": "POST" or "GET", "endpoint": "/sdapi/v1/<name>"}')

@@ -151,3 +151,11 @@ def test_bad_img2img_input_names_the_field(engine, source, payload, field):
                                              "payload": {**BASE, "init_images": [b64(source)], **payload}}})
     assert result["error"].startswith(f"{field}: "), result
     assert "\n" not in result["error"]
+
+
+def test_bare_body_with_init_images_is_img2img(engine, source):
+    from handler.worker import make_handler
+
+    output = make_handler(engine)({"input": {**BASE, "init_images": [b64(source)]}})
+    assert "Denoising strength: 0.75" in output["info"]
+    assert output["parameters"]["init_images"] is None  # img2img's echo, not txt2img's

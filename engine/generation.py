@@ -7,6 +7,8 @@ from typing import Any
 
 from PIL import Image
 
+from schemas import Options
+
 
 @dataclass
 class GeneratedImage:
@@ -18,3 +20,4 @@ class GeneratedImage:
 class Generation:
     images: list[GeneratedImage]
     info: dict[str, Any]  # A1111's `info` keys, in A1111's order
+    options: Options  # the options it ran with (samples_format and jpeg_quality choose the encoding)

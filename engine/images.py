@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from dataclasses import dataclass
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
@@ -14,7 +15,8 @@ from schemas import RequestError
 INFOTEXT_CHUNK = "parameters"
 _DATA_URI_MARK = ";base64,"
 # EXIF UserComment starts with an 8-byte character code (EXIF 2.3, 4.6.5)
-_USER_COMMENT_CODES = {b"UNICODE\0": "utf-16-be", b"ASCII\0\0\0": "ascii", b"\0" * 8: "utf-8"}
+_UNICODE = b"UNICODE\0"
+_USER_COMMENT_CODES = {_UNICODE: "utf-16-be", b"ASCII\0\0\0": "ascii", b"\0" * 8: "utf-8"}
 
 
 def decode_image(data: str, field: str) -> Image.Image:
@@ -29,13 +31,36 @@ def decode_image(data: str, field: str) -> Image.Image:
     return ImageOps.exif_transpose(image, in_place=False) or image
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    data: bytes
+    extension: str  # "png", "jpg", "webp"
+    content_type: str
+
+
+_FORMATS = {"png": ("PNG", "png", "image/png"), "jpg": ("JPEG", "jpg", "image/jpeg"),
+            "jpeg": ("JPEG", "jpg", "image/jpeg"), "webp": ("WEBP", "webp", "image/webp")}
+
+
+def encode_image(image: Image.Image, infotext: str, samples_format: str = "png", quality: int = 80) -> EncodedImage:
+    """An image in A1111's samples_format: PNG with the infotext in its `parameters` chunk; JPEG and
+    WebP (at `quality`) with it in EXIF UserComment, as A1111 writes them."""
+    pil_format, extension, content_type = _FORMATS[samples_format]
+    buffer = io.BytesIO()
+    if pil_format == "PNG":
+        metadata = PngInfo()
+        metadata.add_text(INFOTEXT_CHUNK, infotext)
+        image.save(buffer, format="PNG", pnginfo=metadata)
+    else:
+        exif = Image.Exif()
+        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = _UNICODE + infotext.encode("utf-16-be")
+        image.convert("RGB").save(buffer, format=pil_format, quality=quality, exif=exif)
+    return EncodedImage(buffer.getvalue(), extension, content_type)
+
+
 def encode_png(image: Image.Image, infotext: str) -> bytes:
     """PNG bytes with the infotext in a `parameters` text chunk, as A1111 writes it."""
-    metadata = PngInfo()
-    metadata.add_text(INFOTEXT_CHUNK, infotext)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=metadata)
-    return buffer.getvalue()
+    return encode_image(image, infotext).data
 
 
 def read_infotext(image: Image.Image) -> tuple[str | None, dict[str, str]]:

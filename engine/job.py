@@ -136,4 +136,4 @@ class Job:
             "is_using_inpainting_conditioning": self.model.is_inpainting,
             "version": worker_version(),
         }
-        return Generation(generated, info)
+        return Generation(generated, info, self.options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ from engine.generation import Generation
 from schemas import (GenerationRequest, ImageResponse, Img2ImgRequest, PngInfoRequest, PngInfoResponse,
                      Txt2ImgRequest)
 
-from .delivery import deliver_images
+from .delivery import Destination, deliver, encoded_images
 
 if TYPE_CHECKING:
     from engine.runtime import Engine
@@ -24,31 +25,40 @@ class UnknownEndpoint(LookupError):
     """No operation for this method and endpoint."""
 
 
-def _image_response(request: GenerationRequest, generation: Generation, echoed: dict[str, Any]) -> dict[str, Any]:
-    images = deliver_images(generation) if request.send_images else []
-    return ImageResponse(images=images, parameters=echoed, info=json.dumps(generation.info)).model_dump()
+def _image_response(request: GenerationRequest, generation: Generation, echoed: dict[str, Any],
+                    destination: Destination) -> dict[str, Any]:
+    images, note = deliver(encoded_images(generation), destination) if request.send_images else ([], None)
+    body = ImageResponse(images=images, parameters=echoed, info=json.dumps(generation.info)).model_dump()
+    return {**body, "delivery": note} if note else body
 
 
-def txt2img(engine: Engine, payload: dict[str, Any]) -> dict[str, Any]:
+def _preflight(request: GenerationRequest, destination: Destination) -> None:
+    if request.send_images:
+        destination.preflight(request.batch_size * request.n_iter, *request.output_size)
+
+
+def txt2img(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
     request = Txt2ImgRequest.model_validate(payload)
-    return _image_response(request, engine.txt2img(request), request.model_dump(mode="json"))
+    _preflight(request, destination)
+    return _image_response(request, engine.txt2img(request), request.model_dump(mode="json"), destination)
 
 
-def img2img(engine: Engine, payload: dict[str, Any]) -> dict[str, Any]:
+def img2img(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
     request = Img2ImgRequest.model_validate(payload)
+    _preflight(request, destination)
     init_images = [decode_image(data, f"init_images.{i}") for i, data in enumerate(request.init_images)]
     mask = decode_image(request.mask, "mask") if request.mask else None
-    return _image_response(request, engine.img2img(request, init_images, mask), request.echo())
+    return _image_response(request, engine.img2img(request, init_images, mask), request.echo(), destination)
 
 
-def png_info(engine: Engine, payload: dict[str, Any]) -> dict[str, Any]:
+def png_info(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
     request = PngInfoRequest.model_validate(payload)
     infotext, items = read_infotext(decode_image(request.image, "image"))
     parameters = parse_infotext(infotext) if infotext else {}
     return PngInfoResponse(info=infotext or "", items=items, parameters=parameters).model_dump()
 
 
-Operation = Callable[["Engine", dict[str, Any]], Any]
+Operation = Callable[["Engine", dict[str, Any], Destination], Any]
 
 ROUTES: dict[tuple[str, str], Operation] = {
     ("POST", "txt2img"): txt2img,
@@ -62,9 +72,12 @@ def normalize_endpoint(endpoint: str) -> str:
     return endpoint.strip().strip("/").removeprefix(API_PREFIX)
 
 
-def route(engine: Engine, method: str, endpoint: str, payload: dict[str, Any]) -> Any:
+def route(engine: Engine, method: str, endpoint: str, payload: dict[str, Any],
+          destination: Destination | None = None) -> Any:
+    """Run an endpoint's operation; images go to `destination` (default: base64, or the BUCKET_* bucket)."""
+    destination = destination or Destination.for_job(uuid.uuid4().hex)
     key = (method.upper(), normalize_endpoint(endpoint))
     if key not in ROUTES:
         offered = ", ".join(f"{m} /{API_PREFIX}{e}" for m, e in ROUTES)
         raise UnknownEndpoint(f"api.endpoint: {key[0]} /{API_PREFIX}{key[1]} is not offered; offered: {offered}")
-    return ROUTES[key](engine, payload)
+    return ROUTES[key](engine, payload, destination)

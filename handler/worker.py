@@ -1,6 +1,7 @@
 """The RunPod serverless adapter: job input -> router -> A1111 response, or a FAILED job with one line.
 
-Accepted inputs (../shared/runpod.md):
+Images are delivered as the job asks (`input.delivery`, the job's `s3Config`, BUCKET_* settings): see
+handler/delivery.py. Accepted inputs (../shared/runpod.md):
   - the bare A1111 body: txt2img, or img2img when it has `init_images`
   - the envelope: {"api": {"method": "POST", "endpoint": "/sdapi/v1/txt2img"}, "payload": {...}}
 """
@@ -8,6 +9,7 @@ Accepted inputs (../shared/runpod.md):
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +17,7 @@ from pydantic import ValidationError
 
 from schemas import RequestError
 
+from .delivery import DeliveryError, Destination
 from .errors import BadEnvelope, describe
 from .router import UnknownEndpoint, route
 
@@ -23,11 +26,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_CALLER_ERRORS = (ValidationError, RequestError, UnknownEndpoint, BadEnvelope)
+_CALLER_ERRORS = (ValidationError, RequestError, UnknownEndpoint, BadEnvelope, DeliveryError)
 
 
 def parse_job_input(job_input: Any) -> tuple[str, str, dict[str, Any]]:
-    """(method, endpoint, payload) from either input form."""
+    """(method, endpoint, payload) from either input form (`delivery` is read beside them)."""
     if not isinstance(job_input, dict):
         raise BadEnvelope(f"input: must be a JSON object (got {type(job_input).__name__})")
     if "api" not in job_input:
@@ -47,7 +50,10 @@ def make_handler(engine: Engine) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def handle(job: dict[str, Any]) -> dict[str, Any]:
         """A returned string `error` makes the job FAILED; the worker goes on to the next job."""
         try:
-            return route(engine, *parse_job_input(job.get("input")))
+            method, endpoint, payload = parse_job_input(job.get("input"))
+            destination = Destination.for_job(str(job.get("id") or uuid.uuid4().hex), job["input"].get("delivery"),
+                                              job.get("s3Config"))
+            return route(engine, method, endpoint, payload, destination)
         except _CALLER_ERRORS as error:
             return {"error": describe(error)}
         except Exception as error:  # a bug or a device failure: report it, keep serving

@@ -175,6 +175,11 @@ class GenerationRequest(BaseModel):
         return resolve(self.sampler_name or self.sampler_index, self.scheduler)
 
     @property
+    def output_size(self) -> tuple[int, int]:
+        """The size of the images this request returns."""
+        return self.width, self.height
+
+    @property
     def seed_resize_from(self) -> tuple[int, int] | None:
         """(width, height) the noise is generated at before being pasted in, if both are set."""
         if self.seed_resize_from_w > 0 and self.seed_resize_from_h > 0:

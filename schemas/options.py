@@ -6,6 +6,8 @@ implement is refused rather than ignored.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -16,6 +18,8 @@ class Options(BaseModel):
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="clip skip")
     eta_noise_seed_delta: int = Field(0, ge=0, description="added to seeds for samplers' step noise (ENSD)")
     img2img_fix_steps: bool = Field(False, description="img2img runs exactly `steps` steps")
+    samples_format: Literal["png", "jpg", "jpeg", "webp"] = Field("png", description="image format of results")
+    jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG and WebP quality")
 
     def merged(self, overrides: dict | None) -> Options:
         """These options with a request's overrides applied (validated)."""

@@ -81,6 +81,10 @@ class Txt2ImgRequest(GenerationRequest):
         return x // multiple * multiple, y // multiple * multiple
 
     @property
+    def output_size(self) -> tuple[int, int]:
+        return self.hires_size if self.enable_hr else (self.width, self.height)
+
+    @property
     def hires_upscale_to(self) -> tuple[int, int]:
         """The size the first pass is upscaled to before the hires pass.
 

@@ -9,7 +9,7 @@ DEMO_MODELS_DIR ?= models
 DEMO_MODEL := $(DEMO_MODELS_DIR)/Stable-diffusion/tiny-sd15.safetensors
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test serve-runpod clean
+.PHONY: install demo test serve serve-runpod clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ demo: install $(DEMO_MODEL)
 
 test: install
 	$(PY) -m pytest tests
+
+# The A1111-compatible HTTP server (http://127.0.0.1:7860/sdapi/v1/..., docs at /docs), on the demo model.
+serve: install $(DEMO_MODEL)
+	MODELS_DIR=$(DEMO_MODELS_DIR) $(PY) -m handler.http --host 127.0.0.1 --port 7860
 
 # The RunPod worker with RunPod's local API (POST http://127.0.0.1:8000/runsync), on the demo model.
 serve-runpod: install $(DEMO_MODEL)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -21,6 +22,7 @@ from .generation import Generation
 from .img2img import img2img
 from .loading import load_pipeline
 from .model import LoadedModel
+from .progress import Progress
 from .models_dir import Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints, models_dir_from_env
 from .txt2img import txt2img
 
@@ -32,6 +34,7 @@ class Engine:
         self.checkpoints = list_checkpoints(models_dir)
         self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
         self.options = Options(sd_model_checkpoint=checkpoint.title)  # hashes the checkpoint at start
+        self.progress = Progress()
         self.model_for(checkpoint)
 
     @classmethod
@@ -82,3 +85,25 @@ class Engine:
     def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None) -> Generation:
         model, options = self._apply_options(request)
         return img2img(model, request, options, init_images, mask)
+
+    def set_options(self, values: dict[str, Any]) -> None:
+        """POST /options: known options are validated and stored, a new sd_model_checkpoint is loaded,
+        unknown keys are ignored (as A1111 does)."""
+        known = {key: value for key, value in values.items() if key in Options.model_fields}
+        options = self.options.merged(known)
+        checkpoint = self.find_checkpoint(options.sd_model_checkpoint, "sd_model_checkpoint")
+        self.model_for(checkpoint)
+        self.options = options.model_copy(update={"sd_model_checkpoint": checkpoint.title})
+
+    def refresh_checkpoints(self) -> None:
+        self.checkpoints = list_checkpoints(self.models_dir)
+
+    def unload(self) -> None:
+        """Free every loaded checkpoint; the next request loads what it needs."""
+        self._loaded.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def reload(self) -> None:
+        self.unload()
+        self.model  # loads the current checkpoint

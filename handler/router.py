@@ -13,6 +13,7 @@ from engine.generation import Generation
 from schemas import (GenerationRequest, ImageResponse, Img2ImgRequest, PngInfoRequest, PngInfoResponse,
                      Txt2ImgRequest)
 
+from . import control, listings
 from .delivery import Destination, deliver, encoded_images
 
 if TYPE_CHECKING:
@@ -64,7 +65,35 @@ ROUTES: dict[tuple[str, str], Operation] = {
     ("POST", "txt2img"): txt2img,
     ("POST", "img2img"): img2img,
     ("POST", "png-info"): png_info,
+    ("GET", "options"): control.get_options,
+    ("POST", "options"): control.set_options,
+    ("GET", "progress"): control.progress,
+    ("POST", "interrupt"): control.interrupt,
+    ("POST", "skip"): control.skip,
+    ("POST", "refresh-checkpoints"): control.refresh_checkpoints,
+    ("POST", "refresh-vae"): control.refresh_nothing,
+    ("POST", "refresh-loras"): control.refresh_nothing,
+    ("POST", "refresh-embeddings"): control.refresh_nothing,
+    ("POST", "unload-checkpoint"): control.unload_checkpoint,
+    ("POST", "reload-checkpoint"): control.reload_checkpoint,
+    ("GET", "sd-models"): listings.sd_models,
+    ("GET", "samplers"): listings.samplers,
+    ("GET", "schedulers"): listings.schedulers,
+    ("GET", "latent-upscale-modes"): listings.latent_upscale_modes,
+    ("GET", "sd-vae"): listings.nothing_listed,
+    ("GET", "loras"): listings.nothing_listed,
+    ("GET", "hypernetworks"): listings.nothing_listed,
+    ("GET", "prompt-styles"): listings.nothing_listed,
+    ("GET", "face-restorers"): listings.nothing_listed,
+    ("GET", "embeddings"): listings.embeddings,
+    ("GET", "scripts"): listings.scripts,
+    ("GET", "cmd-flags"): listings.cmd_flags,
+    ("GET", "memory"): listings.memory,
 }
+
+
+# endpoints that generate or load models: one runs at a time, and /progress reports it
+GENERATION_ENDPOINTS = {"txt2img", "img2img", "extra-single-image", "extra-batch-images"}
 
 
 def normalize_endpoint(endpoint: str) -> str:
@@ -80,4 +109,10 @@ def route(engine: Engine, method: str, endpoint: str, payload: dict[str, Any],
     if key not in ROUTES:
         offered = ", ".join(f"{m} /{API_PREFIX}{e}" for m, e in ROUTES)
         raise UnknownEndpoint(f"api.endpoint: {key[0]} /{API_PREFIX}{key[1]} is not offered; offered: {offered}")
-    return ROUTES[key](engine, payload, destination)
+    if key[1] not in GENERATION_ENDPOINTS:
+        return ROUTES[key](engine, payload, destination)
+    engine.progress.begin(key[1])
+    try:
+        return ROUTES[key](engine, payload, destination)
+    finally:
+        engine.progress.end()

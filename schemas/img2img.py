@@ -12,7 +12,6 @@ from .generation import GenerationRequest
 class Img2ImgRequest(GenerationRequest):
     not_implemented = {
         **GenerationRequest.not_implemented,
-        "image_cfg_scale": (None,),  # instruct-pix2pix models only
         "latent_mask": (None, ""),
     }
 
@@ -20,7 +19,8 @@ class Img2ImgRequest(GenerationRequest):
     resize_mode: int = Field(0, ge=0, le=3, description="0 just resize, 1 crop and resize, 2 resize and fill, "
                                                          "3 just resize (latent upscale)")
     denoising_strength: float = Field(0.75, ge=0, le=1)
-    image_cfg_scale: float | None = None
+    image_cfg_scale: float | None = Field(None, description="instruct-pix2pix models only; other models ignore "
+                                                             "it, as in A1111")
     mask: str | None = None
     mask_blur_x: int = Field(4, ge=0, le=64)
     mask_blur_y: int = Field(4, ge=0, le=64)

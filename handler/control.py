@@ -1,0 +1,57 @@
+"""A1111's control endpoints: options, progress, interrupt and skip, checkpoint refresh and reload."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.runtime import Engine
+
+
+def get_options(engine: Engine, payload: dict, destination) -> dict[str, Any]:
+    return engine.options.model_dump()
+
+
+def set_options(engine: Engine, payload: dict, destination) -> None:
+    engine.set_options(payload)
+
+
+def progress(engine: Engine, payload: dict, destination) -> dict[str, Any]:
+    state = engine.progress
+    return {
+        "progress": state.fraction(),
+        "eta_relative": 0.0,
+        "state": {"skipped": state.skipped, "interrupted": state.interrupted, "stopping_generation": False,
+                  "job": state.job, "job_count": state.job_count, "job_timestamp": state.job_timestamp,
+                  "job_no": state.job_no, "sampling_step": state.sampling_step,
+                  "sampling_steps": state.sampling_steps},
+        "current_image": None,
+        "textinfo": None,
+    }
+
+
+def interrupt(engine: Engine, payload: dict, destination) -> dict:
+    engine.progress.interrupted = bool(engine.progress.job)
+    return {}
+
+
+def skip(engine: Engine, payload: dict, destination) -> None:
+    engine.progress.skipped = bool(engine.progress.job)
+
+
+def refresh_checkpoints(engine: Engine, payload: dict, destination) -> None:
+    engine.refresh_checkpoints()
+
+
+def refresh_nothing(engine: Engine, payload: dict, destination) -> None:
+    """refresh-vae, refresh-loras, refresh-embeddings: nothing of theirs is offered yet."""
+
+
+def unload_checkpoint(engine: Engine, payload: dict, destination) -> dict:
+    engine.unload()
+    return {}
+
+
+def reload_checkpoint(engine: Engine, payload: dict, destination) -> dict:
+    engine.reload()
+    return {}

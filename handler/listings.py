@@ -1,0 +1,64 @@
+"""A1111's listing endpoints (GET /sdapi/v1/<name>), in its response shapes."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from schemas.samplers import SAMPLERS, SCHEDULES
+
+if TYPE_CHECKING:
+    from engine.runtime import Engine
+
+
+def sd_models(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
+    return [{"title": c.title, "model_name": c.model_name, "hash": c.short_hash, "sha256": c.sha256,
+             "filename": str(c.path), "config": None} for c in engine.checkpoints]
+
+
+def samplers(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
+    return [{"name": s.name, "aliases": list(s.aliases), "options": {}} for s in SAMPLERS if s.scheduler_class]
+
+
+def schedulers(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
+    return [{"name": s.name, "label": s.label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+            for s in SCHEDULES if s.diffusers is not None]
+
+
+def latent_upscale_modes(engine: Engine, payload: dict, destination) -> list[dict[str, str]]:
+    from engine.upscalers import LATENT_MODES
+
+    return [{"name": name} for name in LATENT_MODES]
+
+
+def nothing_listed(engine: Engine, payload: dict, destination) -> list:
+    """Listings of what this worker does not offer yet (VAEs, LoRAs, styles, ...): empty, as A1111's
+    with none installed."""
+    return []
+
+
+def embeddings(engine: Engine, payload: dict, destination) -> dict[str, dict]:
+    return {"loaded": {}, "skipped": {}}
+
+
+def scripts(engine: Engine, payload: dict, destination) -> dict[str, list]:
+    return {"txt2img": [], "img2img": []}
+
+
+def cmd_flags(engine: Engine, payload: dict, destination) -> dict[str, Any]:
+    """The worker's effective settings, in place of A1111's command-line flags."""
+    return {"api": True, "nowebui": True, "ckpt_dir": str(engine.models_dir / "Stable-diffusion"),
+            "models_dir": str(engine.models_dir), "device": str(engine.device), "precision": str(engine.dtype)}
+
+
+def memory(engine: Engine, payload: dict, destination) -> dict[str, Any]:
+    import torch
+
+    page, pages, free_pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_AVPHYS_PAGES")
+    ram = {"free": free_pages * page, "used": (pages - free_pages) * page, "total": pages * page}
+    if not torch.cuda.is_available():
+        return {"ram": ram, "cuda": {"error": "no CUDA device"}}
+    free, total = torch.cuda.mem_get_info()
+    return {"ram": ram, "cuda": {"system": {"free": free, "used": total - free, "total": total},
+                                 "active": {"current": torch.cuda.memory_allocated(),
+                                            "peak": torch.cuda.max_memory_allocated()}}}

@@ -21,6 +21,7 @@ from . import image_ops
 from .generation import Generation
 from .job import Job
 from .model import LoadedModel
+from .progress import Progress
 from .sampling import Inpainting, denoise, img2img_steps, set_schedule
 from .tiling import tiled
 
@@ -39,8 +40,8 @@ class MaskPlan:
 
 
 def img2img(model: LoadedModel, request: Img2ImgRequest, options: Options,
-            init_images: list[Image.Image], mask: Image.Image | None) -> Generation:
-    job = Job(model, request, options)
+            init_images: list[Image.Image], mask: Image.Image | None, progress: Progress | None = None) -> Generation:
+    job = Job(model, request, options, progress)
     plan = _plan_mask(request, mask, init_images[0].size) if mask is not None else None
     _add_params(job, request, plan)
     count = len(job.all_seeds)
@@ -105,7 +106,7 @@ def _generate(job: Job, request: Img2ImgRequest, options: Options, sources: list
     timesteps = set_schedule(scheduler, length, run, model.device)
     conditioning = job.conditioning(request.prompt, request.negative_prompt, request.steps)
     latents = denoise(model.unet, scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]),
-                      conditioning, request.cfg_scale, generators, job.eta, inpainting)
+                      conditioning, request.cfg_scale, generators, job.eta, inpainting, job.progress)
     return [_compose(canvas, generated, plan) for (canvas, _), generated in zip(frames, model.decode_latents(latents))]
 
 

@@ -18,11 +18,15 @@ from .generation import GeneratedImage, Generation
 from .infotext import build_infotext, worker_version
 from .model import LoadedModel
 from .noise import batch_noise, latent_shape, resolve_seed
+from .progress import Progress
 from .samplers import make_scheduler
 
 class Job:
-    def __init__(self, model: LoadedModel, request: GenerationRequest, options: Options):
+    def __init__(self, model: LoadedModel, request: GenerationRequest, options: Options,
+                 progress: Progress | None = None):
         self.model, self.request, self.options = model, request, options
+        self.progress = progress or Progress()
+        self.progress.expect(request.n_iter)
         self.sampler, self.schedule = request.sampler
         self.seed, self.subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
         count = request.batch_size * request.n_iter
@@ -41,10 +45,13 @@ class Job:
         return bool(self.options.eta_noise_seed_delta) and self.sampler.adds_noise
 
     def batches(self) -> Iterator[tuple[list[int], list[int]]]:
-        """(seeds, subseeds) of each of the n_iter batches."""
+        """(seeds, subseeds) of each of the n_iter batches; none after an interrupt."""
         size = self.request.batch_size
         for start in range(0, len(self.all_seeds), size):
+            if self.progress.interrupted:
+                return
             yield self.all_seeds[start:start + size], self.all_subseeds[start:start + size]
+            self.progress.next_batch()
 
     def noise(self, seeds: list[int], subseeds: list[int], width: int, height: int) -> tuple[torch.Tensor, list]:
         """Starting noise for a batch at width x height, on the model's device, and step generators."""
@@ -101,7 +108,7 @@ class Job:
         request = self.request
         generated = [GeneratedImage(image, build_infotext(request.prompt, request.negative_prompt, self.params(i)))
                      for i, image in enumerate(images)]
-        count = len(self.all_seeds)
+        count = len(self.all_seeds)  # all_* describe the request, also when an interrupt cut it short
         info = {
             "prompt": request.prompt,
             "all_prompts": [request.prompt] * count,

@@ -26,6 +26,10 @@ class Progress:
             self.sampling_step = self.sampling_steps = 0
             self.interrupted = self.skipped = False
 
+    def expect(self, batches: int) -> None:
+        with self._lock:
+            self.job_count = batches
+
     def step(self, step: int, steps: int) -> None:
         with self._lock:
             self.sampling_step, self.sampling_steps = step, steps

@@ -22,8 +22,8 @@ from .generation import Generation
 from .img2img import img2img
 from .loading import load_pipeline
 from .model import LoadedModel
-from .progress import Progress
 from .models_dir import Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints, models_dir_from_env
+from .progress import Progress
 from .txt2img import txt2img
 
 
@@ -80,11 +80,11 @@ class Engine:
 
     def txt2img(self, request: Txt2ImgRequest) -> Generation:
         model, options = self._apply_options(request)
-        return txt2img(model, request, options)
+        return txt2img(model, request, options, self.progress)
 
     def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None) -> Generation:
         model, options = self._apply_options(request)
-        return img2img(model, request, options, init_images, mask)
+        return img2img(model, request, options, init_images, mask, self.progress)
 
     def set_options(self, values: dict[str, Any]) -> None:
         """POST /options: known options are validated and stored, a new sd_model_checkpoint is loaded,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .conditioning import Conditioning
+from .progress import Progress
 
 
 @dataclass
@@ -59,11 +60,18 @@ def _step_kwargs(scheduler, generators, eta: float) -> dict:
 @torch.inference_mode()
 def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, conditioning: Conditioning,
             cfg_scale: float, generators: list[torch.Generator], eta: float = 0.0,
-            inpainting: Inpainting | None = None) -> torch.Tensor:
-    """Run `timesteps` from `latents` (already noised to the first timestep's level)."""
+            inpainting: Inpainting | None = None, progress: Progress | None = None) -> torch.Tensor:
+    """Run `timesteps` from `latents` (already noised to the first timestep's level).
+
+    Reports each step to `progress` and stops early when it is interrupted or skipped.
+    """
     batch = latents.shape[0]
     step_kwargs = _step_kwargs(scheduler, generators, eta)
     for index, timestep in enumerate(timesteps):
+        if progress is not None:
+            if progress.stopping:
+                break
+            progress.step(index, len(timesteps))
         uncond, conds = conditioning.at(index // scheduler.order)
         parts = 1 + len(conds)
         model_input = scheduler.scale_model_input(torch.cat([latents] * parts), timestep)

@@ -10,6 +10,7 @@ from schemas import Options, Txt2ImgRequest
 from .generation import Generation
 from .job import Job
 from .model import LoadedModel
+from .progress import Progress
 from .sampling import Inpainting, denoise, img2img_steps, set_schedule
 from .tiling import tiled
 from .upscalers import LATENT_MODES, pixel_upscaler, upscale_latents
@@ -17,8 +18,9 @@ from .upscalers import LATENT_MODES, pixel_upscaler, upscale_latents
 DEFAULT_HIRES_UPSCALER = "Latent"
 
 
-def txt2img(model: LoadedModel, request: Txt2ImgRequest, options: Options) -> Generation:
-    job = Job(model, request, options)
+def txt2img(model: LoadedModel, request: Txt2ImgRequest, options: Options,
+            progress: Progress | None = None) -> Generation:
+    job = Job(model, request, options, progress)
     if request.enable_hr:
         if (request.hr_upscaler or DEFAULT_HIRES_UPSCALER) not in LATENT_MODES:
             pixel_upscaler(request.hr_upscaler, "hr_upscaler")  # an unknown name fails before any work
@@ -39,7 +41,7 @@ def _first_pass(job: Job, request: Txt2ImgRequest, seeds: list[int], subseeds: l
     timesteps = set_schedule(scheduler, request.steps, request.steps, job.model.device)
     conditioning = job.conditioning(request.prompt, request.negative_prompt, request.steps)
     return denoise(job.model.unet, scheduler, timesteps, noise * scheduler.init_noise_sigma, conditioning,
-                   request.cfg_scale, generators, job.eta, _inpainting_model_input(job, noise))
+                   request.cfg_scale, generators, job.eta, _inpainting_model_input(job, noise), job.progress)
 
 
 def _hires_pass(job: Job, request: Txt2ImgRequest, latents: torch.Tensor, seeds: list[int],
@@ -67,7 +69,7 @@ def _hires_pass(job: Job, request: Txt2ImgRequest, latents: torch.Tensor, seeds:
     conditioning = job.conditioning(request.hr_prompt or request.prompt,
                                     request.hr_negative_prompt or request.negative_prompt, steps)
     return denoise(model.unet, scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]),
-                   conditioning, request.cfg_scale, generators, job.eta, _inpainting_model_input(job, noise))
+                   conditioning, request.cfg_scale, generators, job.eta, _inpainting_model_input(job, noise), job.progress)
 
 
 def _centre_crop(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -206,3 +206,51 @@ def test_envelope_posts_options(engine):
         assert handler({"input": {"api": {"method": "GET", "endpoint": "options"}}})["CLIP_stop_at_last_layers"] == 2
     finally:
         engine.options = original
+
+
+def test_progress_answers_during_generation_and_interrupt_stops_it(base, engine):
+    """/progress is answered while a generation holds the queue; /interrupt ends it early."""
+    calls = []
+    unet = engine.model.unet
+    hook = unet.register_forward_hook(lambda *args: calls.append(1))
+    result = {}
+    payload = {"prompt": "a long job", "steps": 150, "n_iter": 3, "width": 64, "height": 64, "seed": 1}
+    worker = threading.Thread(target=lambda: result.update(
+        response=requests.post(api(base) + "txt2img", json=payload, timeout=300)))
+    try:
+        worker.start()
+        deadline = time.monotonic() + 120
+        while True:
+            state = requests.get(api(base) + "progress", timeout=10).json()
+            if state["state"]["sampling_step"] >= 2:
+                break
+            assert time.monotonic() < deadline and worker.is_alive(), "generation never reported progress"
+            time.sleep(0.05)
+        assert state["state"]["job"] == "txt2img" and state["state"]["sampling_steps"] == 150
+        assert state["state"]["job_count"] == 3 and 0 < state["progress"] < 1
+        assert requests.post(api(base) + "interrupt", timeout=10).json() == {}
+        worker.join(timeout=120)
+    finally:
+        hook.remove()
+    assert result["response"].status_code == 200
+    assert len(result["response"].json()["images"]) == 1  # the batch under way; the other two never ran
+    assert len(calls) < 150
+    assert requests.get(api(base) + "progress", timeout=10).json()["state"]["job"] == ""
+
+
+def test_skip_ends_only_the_current_batch(engine):
+    from handler.router import route
+
+    calls = []
+
+    def skip_after_two_steps(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            engine.progress.skipped = True
+
+    hook = engine.model.unet.register_forward_hook(skip_after_two_steps)
+    try:
+        output = route(engine, "POST", "txt2img", {"prompt": "x", "steps": 5, "n_iter": 2, "width": 64, "height": 64})
+    finally:
+        hook.remove()
+    assert len(output["images"]) == 2 and len(calls) == 2 + 5

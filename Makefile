@@ -9,7 +9,7 @@ DEMO_MODELS_DIR ?= models
 DEMO_MODEL := $(DEMO_MODELS_DIR)/Stable-diffusion/tiny-sd15.safetensors
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test serve serve-runpod clean
+.PHONY: install demo test serve serve-runpod bake clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,12 @@ serve: install $(DEMO_MODEL)
 # The RunPod worker with RunPod's local API (POST http://127.0.0.1:8000/runsync), on the demo model.
 serve-runpod: install $(DEMO_MODEL)
 	MODELS_DIR=$(DEMO_MODELS_DIR) $(PY) -m handler --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
+
+# Fill MODELS_DIR from a manifest (what the image build does): make bake MANIFEST=models.toml MODELS_DIR=/models
+MANIFEST ?= models.toml
+MODELS_DIR ?= models
+bake: install
+	$(PY) -m engine.bake --manifest $(MANIFEST) --models-dir $(MODELS_DIR)
 
 clean:
 	rm -rf $(VENV) outputs $(DEMO_MODELS_DIR)/Stable-diffusion/tiny-sd15.safetensors

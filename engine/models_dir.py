@@ -3,19 +3,22 @@
 A checkpoint is a single .safetensors file (as A1111 and civitai ship them) or a diffusers folder
 (one holding model_index.json). Names, titles and hashes follow A1111: `name` is the path relative to
 Stable-diffusion/, `model_name` that path without extension, `title` "name [short hash]", and the
-short hash is the first 10 hex digits of the file's sha256.
+short hash is the first 10 hex digits of the file's sha256. Hashes recorded at build time by
+`python -m engine.bake` (hashes.json) are used as they are, so start-up never reads gigabytes to hash.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 CHECKPOINTS_SUBDIR = "Stable-diffusion"
 CHECKPOINT_SUFFIX = ".safetensors"
+HASHES_FILE = "hashes.json"  # {path relative to the models dir: {"sha256": ..., "size": bytes}}
 
 
 class ModelsDirError(RuntimeError):
@@ -41,9 +44,20 @@ class Checkpoint:
         return self.path.is_file()
 
     @property
+    def models_dir(self) -> Path:
+        return self.path.parents[len(PurePosixPath(self.name).parts)]
+
+    @property
     def sha256(self) -> str:
-        """sha256 of the file; for a diffusers folder, of its files' relative paths and bytes in order."""
+        """sha256 of the file; for a diffusers folder, of its files' relative paths and bytes in order.
+
+        A hash baked into hashes.json is trusted while the file keeps its recorded size.
+        """
         stat = self.path.stat()
+        relative = self.path.relative_to(self.models_dir).as_posix()
+        baked = read_baked_hashes(self.models_dir).get(relative, {})
+        if baked.get("sha256") and (not self.is_single_file or baked.get("size") == stat.st_size):
+            return baked["sha256"]
         return _sha256(self.path, stat.st_size, stat.st_mtime_ns)
 
     @property
@@ -61,6 +75,16 @@ class Checkpoint:
         if without_hash in (self.name, self.model_name, self.name.removesuffix(CHECKPOINT_SUFFIX)):
             return not wanted.endswith("]") or wanted == self.title
         return _looks_like_short_hash(wanted) and wanted == self.short_hash  # hash only when asked by hash
+
+
+def read_baked_hashes(models_dir: Path) -> dict[str, dict]:
+    path = models_dir / HASHES_FILE
+    return _read_json(path, path.stat().st_mtime_ns) if path.is_file() else {}
+
+
+@lru_cache(maxsize=8)
+def _read_json(path: Path, mtime_ns: int) -> dict:
+    return json.loads(path.read_text())
 
 
 @lru_cache(maxsize=None)

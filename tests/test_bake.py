@@ -1,0 +1,160 @@
+"""The bake step from local sources: a loopback HTTP server (with ranges) and local paths."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from engine.bake import BakeError, bake, main, read_manifest
+from engine.models_dir import list_checkpoints
+
+FILES = {"/model.safetensors": b"weights " * 5000, "/lora.safetensors": b"lora " * 300}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def server():
+    """Serves FILES with HTTP range support; records each request's path and Range header."""
+    requests_seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests_seen.append((self.path, self.headers.get("Range"), self.headers.get("Authorization")))
+            data = FILES.get(self.path)
+            if data is None:
+                self.send_error(404)
+                return
+            start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-")) if self.headers.get("Range") else 0
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            self.wfile.write(data[start:])
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", requests_seen
+    httpd.shutdown()
+
+
+def write_manifest(tmp_path, text: str):
+    path = tmp_path / "models.toml"
+    path.write_text(text)
+    return path
+
+
+def test_files_land_in_a1111_folders_with_recorded_hashes(tmp_path, server):
+    url, _ = server
+    local = tmp_path / "emb.pt"
+    local.write_bytes(b"embedding")
+    manifest = write_manifest(tmp_path, f"""
+[[checkpoints]]
+source = "{url}/model.safetensors"
+sha256 = "{sha(FILES['/model.safetensors'])}"
+[[loras]]
+source = "{url}/lora.safetensors"
+[[embeddings]]
+source = "{local}"
+[[upscalers]]
+source = "{local}"
+name = "4x-tiny.pth"
+folder = "RealESRGAN"
+""")
+    models = tmp_path / "models"
+    bake(read_manifest(manifest), models)
+    assert (models / "Stable-diffusion/model.safetensors").read_bytes() == FILES["/model.safetensors"]
+    assert (models / "Lora/lora.safetensors").read_bytes() == FILES["/lora.safetensors"]
+    assert (models / "embeddings/emb.pt").read_bytes() == b"embedding"
+    assert (models / "RealESRGAN/4x-tiny.pth").read_bytes() == b"embedding"
+    hashes = json.loads((models / "hashes.json").read_text())
+    assert hashes["Stable-diffusion/model.safetensors"] == {"sha256": sha(FILES["/model.safetensors"]),
+                                                            "size": len(FILES["/model.safetensors"])}
+    assert not list(models.rglob(".*.part"))
+
+
+def test_sha256_mismatch_is_an_error_that_keeps_nothing(tmp_path, server):
+    url, _ = server
+    manifest = write_manifest(tmp_path, f'[[checkpoints]]\nsource = "{url}/model.safetensors"\nsha256 = "{"0" * 64}"\n')
+    models = tmp_path / "models"
+    with pytest.raises(BakeError, match="model.safetensors: sha256 mismatch: expected 0000"):
+        bake(read_manifest(manifest), models)
+    assert list((models / "Stable-diffusion").iterdir()) == []
+
+
+def test_rerun_skips_what_is_present(tmp_path, server):
+    url, seen = server
+    manifest = write_manifest(tmp_path, f"""[[checkpoints]]
+source = "{url}/model.safetensors"
+sha256 = "{sha(FILES['/model.safetensors'])}"
+[[loras]]
+source = "{url}/lora.safetensors"
+""")
+    models = tmp_path / "models"
+    bake(read_manifest(manifest), models)
+    assert len(seen) == 2
+    bake(read_manifest(manifest), models)
+    assert len(seen) == 2
+
+
+def test_interrupted_download_resumes_with_a_range_request(tmp_path, server):
+    url, seen = server
+    data = FILES["/model.safetensors"]
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    (models / "Stable-diffusion/.model.safetensors.part").write_bytes(data[:1000])
+    manifest = write_manifest(tmp_path, f'[[checkpoints]]\nsource = "{url}/model.safetensors"\nsha256 = "{sha(data)}"\n')
+    bake(read_manifest(manifest), models)
+    assert seen == [("/model.safetensors", "bytes=1000-", None)]
+    assert (models / "Stable-diffusion/model.safetensors").read_bytes() == data
+
+
+def test_token_is_sent_and_never_printed(tmp_path, server, monkeypatch, capsys):
+    url, seen = server
+    monkeypatch.setenv("CIVITAI_TOKEN", "tok-123")
+    manifest = write_manifest(tmp_path, f"""[[checkpoints]]
+source = "{url}/missing.safetensors"
+token_env = "CIVITAI_TOKEN"
+""")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--manifest", str(manifest), "--models-dir", str(tmp_path / "models")])
+    assert "404" in str(exit_info.value) and "tok-123" not in str(exit_info.value)
+    assert seen[0][2] == "Bearer tok-123"
+    assert "tok-123" not in capsys.readouterr().err
+
+
+def test_bad_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(BakeError, match="unknown sections"):
+        read_manifest(write_manifest(tmp_path, '[[models]]\nsource = "x"\n'))
+    with pytest.raises(BakeError, match="has no source"):
+        read_manifest(write_manifest(tmp_path, '[[checkpoints]]\nname = "x"\n'))
+
+
+def test_start_up_uses_the_baked_hashes_without_reading_weights(tmp_path, models_dir, monkeypatch):
+    """The tiny checkpoint baked from a local path: sd-models reports the recorded hash, unhashed."""
+    source = models_dir / "Stable-diffusion" / "tiny-sd15.safetensors"
+    manifest = write_manifest(tmp_path, f'[[checkpoints]]\nsource = "{source}"\n')
+    baked = tmp_path / "baked"
+    bake(read_manifest(manifest), baked)
+    recorded = json.loads((baked / "hashes.json").read_text())["Stable-diffusion/tiny-sd15.safetensors"]["sha256"]
+    assert recorded == sha(source.read_bytes())
+
+    import engine.models_dir as models_dir_module
+
+    monkeypatch.setattr(models_dir_module, "_sha256", lambda *a: pytest.fail("start-up hashed a weights file"))
+    from engine.runtime import Engine
+    from handler.router import route
+
+    engine = Engine.start(models_dir=baked, device="cpu", dtype="float32")
+    listed = route(engine, "GET", "sd-models", {})
+    assert listed[0]["sha256"] == recorded and listed[0]["title"] == f"tiny-sd15.safetensors [{recorded[:10]}]"
+    assert list_checkpoints(baked)[0].short_hash == recorded[:10]

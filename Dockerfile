@@ -1,19 +1,38 @@
-# The RunPod serverless worker. First version: installs the package on a CUDA PyTorch runtime;
-# checkpoints are mounted (or put) under /models. Baking weights into the image comes later.
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# syntax=docker/dockerfile:1
+# The worker image: dependencies, then the weights (baked from a manifest), then the code, so that a
+# code change rebuilds only the last layers and never re-downloads or re-copies weights.
+#   docker buildx build --build-arg MANIFEST=models.toml -t worker .
+# Tokens for gated or civitai sources: --secret id=HF_TOKEN,env=HF_TOKEN --secret id=CIVITAI_TOKEN,env=CIVITAI_TOKEN
+ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 
-ENV PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    HF_HUB_OFFLINE=1 \
-    MODELS_DIR=/models
+FROM ${BASE_IMAGE} AS deps
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /build
+COPY pyproject.toml docker/constraints.txt ./
+# the package's dependencies at the pinned versions; torch comes from the base image
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > requirements.txt \
+    && pip install -r requirements.txt -c constraints.txt
 
+FROM deps AS bake
+ARG MANIFEST=models.toml
+WORKDIR /build
+# only what the bake step runs: engine changes elsewhere do not invalidate the weights
+COPY engine/__init__.py engine/bake.py engine/models_dir.py ./engine/
+COPY ${MANIFEST} ./models.toml
+RUN --mount=type=secret,id=HF_TOKEN,env=HF_TOKEN --mount=type=secret,id=CIVITAI_TOKEN,env=CIVITAI_TOKEN \
+    python -m engine.bake --manifest models.toml --models-dir /models
+
+FROM deps AS runtime
+RUN useradd --create-home --uid 10001 worker
+COPY --from=bake --chown=worker:worker /models /models
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY engine ./engine
 COPY handler ./handler
-# torch comes from the base image (the package asks only for torch>=2.4, which it satisfies)
-RUN pip install .
-
+RUN pip install --no-deps .
+USER 10001
+ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MODELS_DIR=/models
+# RunPod serverless; on Lambda-style HTTP platforms use: python -m handler.http --host 0.0.0.0 --port 7860
 CMD ["python", "-m", "handler"]

@@ -45,7 +45,15 @@ class Engine:
         checkpoint = default_checkpoint(models_dir, sd_model or os.environ.get("SD_MODEL"))
         torch_device = pick_device(device)
         max_models = int(os.environ.get("WORKER_MAX_MODELS", "2"))
-        return cls(models_dir, checkpoint, torch_device, pick_dtype(torch_device, dtype), max_models)
+        engine = cls(models_dir, checkpoint, torch_device, pick_dtype(torch_device, dtype), max_models)
+        if os.environ.get("WORKER_WARMUP", "1" if torch_device.type == "cuda" else "0") == "1":
+            engine.warm_up()
+        return engine
+
+    def warm_up(self) -> None:
+        """One tiny generation at start, so the first request is as fast as the second (CUDA kernels,
+        allocator, tokenizer caches). On by default on GPUs; WORKER_WARMUP=0/1 decides."""
+        self.txt2img(Txt2ImgRequest(prompt="warm-up", steps=1, width=64, height=64, seed=0))
 
     @property
     def model(self) -> LoadedModel:

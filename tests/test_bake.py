@@ -158,3 +158,26 @@ def test_start_up_uses_the_baked_hashes_without_reading_weights(tmp_path, models
     listed = route(engine, "GET", "sd-models", {})
     assert listed[0]["sha256"] == recorded and listed[0]["title"] == f"tiny-sd15.safetensors [{recorded[:10]}]"
     assert list_checkpoints(baked)[0].short_hash == recorded[:10]
+
+
+def test_warm_up_runs_at_start_when_asked(models_dir, monkeypatch):
+    from engine.runtime import Engine
+
+    warmed = []
+    monkeypatch.setattr(Engine, "warm_up", lambda self: warmed.append(self))
+    monkeypatch.delenv("WORKER_WARMUP", raising=False)
+    Engine.start(models_dir=models_dir, device="cpu", dtype="float32")
+    assert warmed == []  # off by default on the CPU
+    monkeypatch.setenv("WORKER_WARMUP", "1")
+    engine = Engine.start(models_dir=models_dir, device="cpu", dtype="float32")
+    assert warmed == [engine]
+
+
+def test_warm_up_generates_one_tiny_image(engine, monkeypatch):
+    calls = []
+    hook = engine.model.unet.register_forward_hook(lambda *args: calls.append(args[1][0].shape))
+    try:
+        engine.warm_up()
+    finally:
+        hook.remove()
+    assert len(calls) == 1 and tuple(calls[0][-2:]) == (8, 8)  # one step on a 64x64 image's latents

@@ -1,0 +1,63 @@
+"""The Dockerfile: linted by hadolint, and built so weights never follow code changes."""
+
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def stages() -> dict[str, list[str]]:
+    """Each stage's instructions (continuation lines joined), by stage name."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE)
+    result, current = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if match := re.match(r"FROM \S+ AS (\w+)", line):
+            current = match[1]
+            result[current] = []
+        elif current:
+            result[current].append(line)
+    return result
+
+
+def test_hadolint_passes():
+    hadolint = shutil.which("hadolint") or str(Path(__import__("sys").executable).parent / "hadolint")
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bake_stage_runs_the_tested_bake_command_on_bake_code_only():
+    bake = stages()["bake"]
+    assert any(line.startswith("RUN ") and "python -m engine.bake --manifest models.toml --models-dir /models" in line
+               for line in bake)
+    copied = [line for line in bake if line.startswith("COPY ")]
+    assert all("schemas" not in line and "handler" not in line and "COPY engine " not in line for line in copied)
+
+
+def test_runtime_copies_weights_before_code_and_runs_offline_as_non_root():
+    runtime = stages()["runtime"]
+    weights = next(i for i, line in enumerate(runtime) if "--from=bake" in line)
+    code = [i for i, line in enumerate(runtime) if re.match(r"COPY (schemas|engine|handler) ", line)]
+    assert code and weights < min(code)
+    assert "USER 10001" in runtime and any("HF_HUB_OFFLINE=1" in line for line in runtime)
+    assert runtime[-1] == 'CMD ["python", "-m", "handler"]'
+
+
+def test_dependencies_are_pinned_and_the_manifest_parses():
+    constraints = (ROOT / "docker" / "constraints.txt").read_text().splitlines()
+    pinned = {line.split("==")[0].lower() for line in constraints if "==" in line}
+    for dependency in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        name = re.split(r"[<>=\[ ]", dependency)[0].lower()
+        assert name == "torch" or name in pinned, f"{name} is not pinned in docker/constraints.txt"
+    from engine.bake import read_manifest
+
+    assert [e.relative_path for e in read_manifest(ROOT / "models.toml")] == [
+        "Stable-diffusion/v1-5-pruned-emaonly.safetensors"]

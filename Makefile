@@ -9,7 +9,7 @@ DEMO_MODELS_DIR ?= models
 DEMO_MODEL := $(DEMO_MODELS_DIR)/Stable-diffusion/tiny-sd15.safetensors
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test serve serve-runpod bake clean
+.PHONY: install demo test serve serve-runpod bake bench-cold clean
 
 install: $(VENV)/.installed
 
@@ -41,6 +41,10 @@ MANIFEST ?= models.toml
 MODELS_DIR ?= models
 bake: install
 	$(PY) -m engine.bake --manifest $(MANIFEST) --models-dir $(MODELS_DIR)
+
+# Cold-start benchmark (not a test): ours vs a plain diffusers script vs reading the weights once.
+bench-cold: install
+	$(PY) tests/bench/cold_start.py
 
 clean:
 	rm -rf $(VENV) outputs $(DEMO_MODELS_DIR)/Stable-diffusion/tiny-sd15.safetensors

@@ -1,0 +1,126 @@
+"""Cold-start benchmark: whole processes, interleaved, each measured from start to result.
+
+    python tests/bench/cold_start.py [--runs 3] [--cache DIR]      (make bench-cold)
+
+Creates once (cached) an SD 1.5-size checkpoint with random weights (fp16 safetensors, ~2 GB), then
+times, at least `--runs` times each, interleaved:
+- floor: import torch and read every weight byte once;
+- naive: a plain diffusers script (import the pipeline, load the checkpoint, one 1-step 64x64 image);
+- ours:  `python -m handler --test_input` with a 1-step 64x64 request, start to job result.
+Prints median seconds and peak RSS of each, and last `cold start: ours/naive = X.XX, ours/floor = Y.YY`.
+Not a test: it measures this machine, in this run, against baselines measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = "bench-sd15.safetensors"
+
+FLOOR = """
+import sys, torch
+with open(sys.argv[1], "rb") as f:
+    while f.read(1 << 24):
+        pass
+"""
+
+NAIVE = """
+import sys, torch
+from diffusers import StableDiffusionPipeline
+from transformers import CLIPTokenizer
+from engine.configs import CLIP_TOKENIZER_DIR, architecture_dir
+pipe = StableDiffusionPipeline.from_single_file(sys.argv[1], config=str(architecture_dir("sd15")),
+    tokenizer=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR), local_files_only=True,
+    safety_checker=None, requires_safety_checker=False)
+pipe(prompt="a cat", num_inference_steps=1, width=64, height=64)
+"""
+
+
+def make_checkpoint(cache: Path) -> Path:
+    """The full SD 1.5 architecture with random weights in the A1111 single-file layout, baked (as the
+    image is) into cache/models. Run in a child process, so this process stays small: children
+    forked from a big parent would report its memory as their peak RSS."""
+    path = cache / "models" / "Stable-diffusion" / NAME
+    if not path.exists():
+        subprocess.run([sys.executable, __file__, "--make-checkpoint", "--cache", str(cache)], cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    return path
+
+
+def _write_checkpoint(cache: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.configs import architecture_dir
+    from engine.ldm_format import to_single_file
+
+    config = architecture_dir("sd15")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config / "unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config / "vae"))
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder"))
+    from engine.bake import Entry, bake
+
+    weights = {k: v.half() for k, v in to_single_file(unet, vae, text_encoder).items()}
+    raw = cache / NAME
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file(weights, raw, metadata={"format": "pt"})
+    bake([Entry("checkpoints", str(raw), NAME)], cache / "models")  # records the hash, as in the image
+    raw.unlink()
+
+
+def run(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """(seconds, peak RSS bytes) of a whole child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{argv[:3]} failed:\n{process.stderr.read().decode()[-2000:]}")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "a1111-worker-bench")
+    parser.add_argument("--make-checkpoint", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.make_checkpoint:
+        return _write_checkpoint(args.cache)
+    checkpoint = make_checkpoint(args.cache)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MODELS_DIR": str(args.cache / "models"), "SD_MODEL": NAME,
+           "PYTHONPATH": str(ROOT), "WORKER_WARMUP": "0"}
+    job = json.dumps({"input": {"prompt": "a cat", "steps": 1, "width": 64, "height": 64}})
+    commands = {
+        "floor": [sys.executable, "-c", FLOOR, str(checkpoint)],
+        "naive": [sys.executable, "-c", NAIVE, str(checkpoint)],
+        "ours": [sys.executable, "-m", "handler", "--test_input", job],
+    }
+    results: dict[str, list[tuple[float, int]]] = {name: [] for name in commands}
+    for _ in range(args.runs):
+        for name, argv in commands.items():  # interleaved, so drift affects all alike
+            results[name].append(run(argv, env))
+    weight_bytes = checkpoint.stat().st_size
+    medians = {name: statistics.median(t for t, _ in runs) for name, runs in results.items()}
+    print(f"weights: {weight_bytes / 1e9:.2f} GB; {args.runs} runs each")
+    print(f"{'':8}{'median s':>10}{'peak RSS GB':>14}{'RSS/weights':>13}")
+    for name, runs in results.items():
+        peak = max(rss for _, rss in runs)
+        print(f"{name:8}{medians[name]:>10.2f}{peak / 1e9:>14.2f}{peak / weight_bytes:>13.2f}")
+    print(f"cold start: ours/naive = {medians['ours'] / medians['naive']:.2f}, "
+          f"ours/floor = {medians['ours'] / medians['floor']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -48,3 +48,27 @@ bench-cold: install
 
 clean:
 	rm -rf $(VENV) outputs $(DEMO_MODELS_DIR)/Stable-diffusion/tiny-sd15.safetensors
+
+# Release (infra/README.md): settings in infra/deploy.yaml; RUNPOD_API_KEY, REGISTRY_USERNAME, REGISTRY_PASSWORD
+# from the environment. make deploy ENV=production [TAG=0.1.0-abc1234]; make rollback ENV=production [TO=tag]
+.PHONY: build push deploy deploy-dry-run smoke rollback
+ENV ?= staging
+INFRA := $(PY) -m infra.deploy
+
+build: install
+	$(INFRA) build
+
+push: install
+	$(INFRA) push
+
+deploy: install
+	$(INFRA) deploy --env $(ENV) $(if $(TAG),--tag $(TAG))
+
+deploy-dry-run: install
+	$(INFRA) deploy --env $(ENV) --dry-run $(if $(TAG),--tag $(TAG))
+
+smoke: install
+	$(INFRA) smoke --env $(ENV)
+
+rollback: install
+	$(INFRA) rollback --env $(ENV) $(if $(TO),--to $(TO))

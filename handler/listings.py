@@ -25,6 +25,14 @@ def schedulers(engine: Engine, payload: dict, destination) -> list[dict[str, Any
             for s in SCHEDULES if s.diffusers is not None]
 
 
+def upscalers(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
+    """The pixel-space upscalers (the latent modes are listed by latent-upscale-modes)."""
+    from engine.upscalers import PIXEL_UPSCALERS
+
+    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+            for name in PIXEL_UPSCALERS]
+
+
 def latent_upscale_modes(engine: Engine, payload: dict, destination) -> list[dict[str, str]]:
     from engine.upscalers import LATENT_MODES
 

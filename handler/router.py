@@ -79,6 +79,7 @@ ROUTES: dict[tuple[str, str], Operation] = {
     ("GET", "sd-models"): listings.sd_models,
     ("GET", "samplers"): listings.samplers,
     ("GET", "schedulers"): listings.schedulers,
+    ("GET", "upscalers"): listings.upscalers,
     ("GET", "latent-upscale-modes"): listings.latent_upscale_modes,
     ("GET", "sd-vae"): listings.nothing_listed,
     ("GET", "loras"): listings.nothing_listed,

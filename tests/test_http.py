@@ -60,6 +60,7 @@ LISTINGS = {
     "samplers": (list, {"name", "aliases", "options"}),
     "schedulers": (list, {"name", "label", "aliases", "default_rho", "need_inner_model"}),
     "latent-upscale-modes": (list, {"name"}),
+    "upscalers": (list, {"name", "model_name", "model_path", "model_url", "scale"}),
     "sd-vae": (list, None), "loras": (list, None), "prompt-styles": (list, None), "face-restorers": (list, None),
     "hypernetworks": (list, None),
     "embeddings": (dict, {"loaded", "skipped"}),
@@ -254,3 +255,13 @@ def test_skip_ends_only_the_current_batch(engine):
     finally:
         hook.remove()
     assert len(output["images"]) == 2 and len(calls) == 2 + 5
+
+
+def test_upscalers_listing_names_what_hires_fix_accepts(base, engine):
+    from handler.router import route
+
+    names = [item["name"] for item in requests.get(api(base) + "upscalers", timeout=10).json()]
+    assert names == ["None", "Lanczos", "Nearest"]
+    for name in names:  # each listed name works as hr_upscaler
+        route(engine, "POST", "txt2img", {**SMALL, "enable_hr": True, "denoising_strength": 0.3, "hr_scale": 1.25,
+                                          "hr_upscaler": name})

@@ -12,7 +12,8 @@ COPY pyproject.toml docker/constraints.txt ./
 # the package's dependencies at the pinned versions; torch comes from the base image
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.txt \
-    && pip install -r requirements.txt -c constraints.txt
+    && pip install -r requirements.txt -c constraints.txt \
+    && pip install "spandrel==0.4.2" "einops==0.8.2"
 
 FROM deps AS bake
 ARG MANIFEST=models.toml

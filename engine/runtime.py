@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from schemas import GenerationRequest, Img2ImgRequest, Options, RequestError, Txt2ImgRequest
+from schemas import ExtrasRequest, GenerationRequest, Img2ImgRequest, Options, RequestError, Txt2ImgRequest
 
 from .device import pick_device, pick_dtype
+from .extras import Extras, extras
 from .generation import Generation
 from .img2img import img2img
 from .loading import load_pipeline
@@ -25,13 +26,15 @@ from .model import LoadedModel
 from .models_dir import Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints, models_dir_from_env
 from .progress import Progress
 from .txt2img import txt2img
+from .upscalers import DEFAULT_TILE, Upscalers, tile_from_env
 
 
 class Engine:
     def __init__(self, models_dir: Path, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype,
-                 max_models: int = 2):
+                 max_models: int = 2, upscale_tile: int = DEFAULT_TILE):
         self.models_dir, self.device, self.dtype, self.max_models = models_dir, device, dtype, max_models
         self.checkpoints = list_checkpoints(models_dir)
+        self.upscalers = Upscalers(models_dir, device, dtype, upscale_tile)  # finds files; loads on first use
         self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
         self.options = Options(sd_model_checkpoint=checkpoint.title)  # hashes the checkpoint at start
         self.progress = Progress()
@@ -45,7 +48,8 @@ class Engine:
         checkpoint = default_checkpoint(models_dir, sd_model or os.environ.get("SD_MODEL"))
         torch_device = pick_device(device)
         max_models = int(os.environ.get("WORKER_MAX_MODELS", "2"))
-        engine = cls(models_dir, checkpoint, torch_device, pick_dtype(torch_device, dtype), max_models)
+        engine = cls(models_dir, checkpoint, torch_device, pick_dtype(torch_device, dtype), max_models,
+                     tile_from_env())
         if os.environ.get("WORKER_WARMUP", "1" if torch_device.type == "cuda" else "0") == "1":
             engine.warm_up()
         return engine
@@ -88,11 +92,15 @@ class Engine:
 
     def txt2img(self, request: Txt2ImgRequest) -> Generation:
         model, options = self._apply_options(request)
-        return txt2img(model, request, options, self.progress)
+        return txt2img(model, request, options, self.upscalers, self.progress)
 
     def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None) -> Generation:
         model, options = self._apply_options(request)
         return img2img(model, request, options, init_images, mask, self.progress)
+
+    def extras(self, request: ExtrasRequest, images: list[Image.Image]) -> Extras:
+        """Upscale images (A1111's extra-single-image / extra-batch-images), in the server options' format."""
+        return extras(self.upscalers, request, images, self.options)
 
     def set_options(self, values: dict[str, Any]) -> None:
         """POST /options: known options are validated and stored, a new sd_model_checkpoint is loaded,
@@ -107,8 +115,9 @@ class Engine:
         self.checkpoints = list_checkpoints(self.models_dir)
 
     def unload(self) -> None:
-        """Free every loaded checkpoint; the next request loads what it needs."""
+        """Free every loaded checkpoint and upscaler; the next request loads what it needs."""
         self._loaded.clear()
+        self.upscalers.unload()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

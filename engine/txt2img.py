@@ -13,24 +13,25 @@ from .model import LoadedModel
 from .progress import Progress
 from .sampling import Inpainting, denoise, img2img_steps, set_schedule
 from .tiling import tiled
-from .upscalers import LATENT_MODES, pixel_upscaler, upscale_latents
+from .upscalers import LATENT_MODES, PixelUpscaler, Upscalers, upscale_latents
 
 DEFAULT_HIRES_UPSCALER = "Latent"
 
 
-def txt2img(model: LoadedModel, request: Txt2ImgRequest, options: Options,
+def txt2img(model: LoadedModel, request: Txt2ImgRequest, options: Options, upscalers: Upscalers,
             progress: Progress | None = None) -> Generation:
     job = Job(model, request, options, progress)
+    pixel_upscaler = None  # hires fix in pixel space; found (an unknown name fails) before any work
     if request.enable_hr:
         if (request.hr_upscaler or DEFAULT_HIRES_UPSCALER) not in LATENT_MODES:
-            pixel_upscaler(request.hr_upscaler, "hr_upscaler")  # an unknown name fails before any work
+            pixel_upscaler = upscalers.find(request.hr_upscaler, "hr_upscaler", also=LATENT_MODES)
         _add_hires_params(job, request)
     images: list[Image.Image] = []
     with tiled(model.unet, model.vae, enabled=bool(request.tiling)):
         for seeds, subseeds in job.batches():
             latents = _first_pass(job, request, seeds, subseeds)
             if request.enable_hr:
-                latents = _hires_pass(job, request, latents, seeds, subseeds)
+                latents = _hires_pass(job, request, latents, seeds, subseeds, pixel_upscaler)
             images += model.decode_latents(latents)
     return job.result(images)
 
@@ -45,18 +46,17 @@ def _first_pass(job: Job, request: Txt2ImgRequest, seeds: list[int], subseeds: l
 
 
 def _hires_pass(job: Job, request: Txt2ImgRequest, latents: torch.Tensor, seeds: list[int],
-                subseeds: list[int]) -> torch.Tensor:
-    """Upscale the first pass (in latent or pixel space) and re-denoise it at the hires size."""
+                subseeds: list[int], pixel_upscaler: PixelUpscaler | None) -> torch.Tensor:
+    """Upscale the first pass (in latent space, or with `pixel_upscaler`) and re-denoise it at the hires size."""
     model = job.model
     width, height = request.hires_size
     upscale_width, upscale_height = request.hires_upscale_to
-    upscaler = request.hr_upscaler or DEFAULT_HIRES_UPSCALER
     factor = model.scale_factor
-    if upscaler in LATENT_MODES:
-        init = upscale_latents(latents, upscaler, upscale_height // factor, upscale_width // factor)
+    if pixel_upscaler is None:
+        init = upscale_latents(latents, request.hr_upscaler or DEFAULT_HIRES_UPSCALER,
+                               upscale_height // factor, upscale_width // factor)
     else:
-        upscale = pixel_upscaler(upscaler, "hr_upscaler")
-        init = model.encode_images([upscale(image, upscale_width, upscale_height)
+        init = model.encode_images([pixel_upscaler(image, upscale_width, upscale_height)
                                     for image in model.decode_latents(latents)])
     init = _centre_crop(init, height // factor, width // factor)
 

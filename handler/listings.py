@@ -26,11 +26,8 @@ def schedulers(engine: Engine, payload: dict, destination) -> list[dict[str, Any
 
 
 def upscalers(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
-    """The pixel-space upscalers (the latent modes are listed by latent-upscale-modes)."""
-    from engine.upscalers import PIXEL_UPSCALERS
-
-    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-            for name in PIXEL_UPSCALERS]
+    """The pixel-space upscalers, built-in and neural (the latent modes are listed by latent-upscale-modes)."""
+    return engine.upscalers.listing()
 
 
 def latent_upscale_modes(engine: Engine, payload: dict, destination) -> list[dict[str, str]]:

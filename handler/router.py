@@ -10,13 +10,17 @@ from typing import TYPE_CHECKING, Any
 from engine.images import decode_image, read_infotext
 from engine.infotext import parse_infotext
 from engine.generation import Generation
-from schemas import (GenerationRequest, ImageResponse, Img2ImgRequest, PngInfoRequest, PngInfoResponse,
-                     Txt2ImgRequest)
+from schemas import (ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasRequest, ExtrasSingleImageRequest,
+                     ExtrasSingleImageResponse, GenerationRequest, ImageResponse, Img2ImgRequest, PngInfoRequest,
+                     PngInfoResponse, Txt2ImgRequest)
 
 from . import control, listings
 from .delivery import Destination, deliver, encoded_images
 
 if TYPE_CHECKING:
+    from PIL import Image
+    from pydantic import BaseModel
+
     from engine.runtime import Engine
 
 API_PREFIX = "sdapi/v1/"
@@ -59,12 +63,36 @@ def png_info(engine: Engine, payload: dict[str, Any], destination: Destination) 
     return PngInfoResponse(info=infotext or "", items=items, parameters=parameters).model_dump()
 
 
+def _extras_response(engine: Engine, request: ExtrasRequest, images: list[Image.Image], destination: Destination,
+                     respond: Callable[[list[str], str], BaseModel]) -> dict[str, Any]:
+    """`respond(images, html_info)` builds the endpoint's body."""
+    result = engine.extras(request, images)
+    delivered, note = deliver(result.images, destination)
+    body = respond(delivered, result.html_info).model_dump()
+    return {**body, "delivery": note} if note else body
+
+
+def extra_single_image(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
+    request = ExtrasSingleImageRequest.model_validate(payload)
+    return _extras_response(engine, request, [decode_image(request.image, "image")], destination,
+                            lambda images, html_info: ExtrasSingleImageResponse(image=images[0], html_info=html_info))
+
+
+def extra_batch_images(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
+    request = ExtrasBatchImagesRequest.model_validate(payload)
+    images = [decode_image(item.data, f"imageList.{i}.data") for i, item in enumerate(request.imageList)]
+    return _extras_response(engine, request, images, destination,
+                            lambda images, html_info: ExtrasBatchImagesResponse(images=images, html_info=html_info))
+
+
 Operation = Callable[["Engine", dict[str, Any], Destination], Any]
 
 ROUTES: dict[tuple[str, str], Operation] = {
     ("POST", "txt2img"): txt2img,
     ("POST", "img2img"): img2img,
     ("POST", "png-info"): png_info,
+    ("POST", "extra-single-image"): extra_single_image,
+    ("POST", "extra-batch-images"): extra_batch_images,
     ("GET", "options"): control.get_options,
     ("POST", "options"): control.set_options,
     ("GET", "progress"): control.progress,

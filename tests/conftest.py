@@ -126,3 +126,57 @@ def read_parameters():
 def worker_env():
     """subprocess_env(models_dir, **extra): the environment for `python -m handler ...` subprocesses."""
     return subprocess_env
+
+
+# ---------------------------------------------------------------- upscalers (extras, hires fix)
+
+# Tiny random-weight upscalers built from spandrel's own architecture classes, in A1111's folders:
+# file -> (architecture, its parameters)
+TINY_UPSCALERS = {
+    "RealESRGAN/RealESRGAN_x4plus.pth": ("ESRGAN", {"num_filters": 8, "num_blocks": 1, "scale": 4}),
+    "RealESRGAN/realesr-general-x4v3.pth": ("Compact", {"num_feat": 8, "num_conv": 2, "upscale": 4}),
+    "ESRGAN/2x-tiny.safetensors": ("Compact", {"num_feat": 8, "num_conv": 2, "upscale": 2}),
+}
+
+
+def write_tiny_upscalers(models_dir: Path) -> None:
+    """TINY_UPSCALERS under models_dir, the same weights every time; plus ESRGAN/broken.pth, not a model."""
+    import importlib
+
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.upscalers import _import_spandrel
+
+    _import_spandrel()
+    for index, (relative, (architecture, parameters)) in enumerate(TINY_UPSCALERS.items()):
+        torch.manual_seed(index)
+        module = importlib.import_module(f"spandrel.architectures.{architecture}")
+        network = getattr(module, architecture)(**parameters)
+        path = models_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".safetensors":
+            save_file(network.state_dict(), path)
+        else:
+            torch.save(network.state_dict(), path)
+    (models_dir / "ESRGAN" / "broken.pth").write_bytes(b"not a model")
+
+
+@pytest.fixture(scope="session")
+def upscaler_models_dir(tmp_path_factory, tiny_checkpoint_path) -> Path:
+    """tiny-sd15 plus the tiny upscalers."""
+    directory = tmp_path_factory.mktemp("upscaler-models")
+    (directory / "Stable-diffusion").mkdir()
+    shutil.copyfile(tiny_checkpoint_path, directory / "Stable-diffusion" / tiny_checkpoint_path.name)
+    write_tiny_upscalers(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def upscaler_engine(upscaler_models_dir):
+    """An engine on tiny-sd15 whose models directory holds the tiny upscalers (CPU, float32, tiles of 64)."""
+    from engine.runtime import Engine
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WORKER_UPSCALE_TILE", "64")
+        return Engine.start(models_dir=upscaler_models_dir, sd_model=TINY_NAME, device="cpu", dtype="float32")

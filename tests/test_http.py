@@ -265,3 +265,13 @@ def test_upscalers_listing_names_what_hires_fix_accepts(base, engine):
     for name in names:  # each listed name works as hr_upscaler
         route(engine, "POST", "txt2img", {**SMALL, "enable_hr": True, "denoising_strength": 0.3, "hr_scale": 1.25,
                                           "hr_upscaler": name})
+
+
+def test_webuiapi_extras(base):
+    port = int(base.rsplit(":", 1)[1])
+    client = webuiapi.WebUIApi(host="127.0.0.1", port=port)
+    image = Image.new("RGB", (32, 24), (10, 120, 200))
+    single = client.extra_single_image(image=image, upscaler_1="Lanczos", upscaling_resize=2)
+    assert single.image.size == (64, 48) and "Postprocess upscale by: 2" in single.info
+    batch = client.extra_batch_images(images=[image, image], upscaler_1="Nearest", upscaling_resize=2)
+    assert [i.size for i in batch.images] == [(64, 48), (64, 48)]

@@ -53,12 +53,7 @@ class Checkpoint:
 
         A hash baked into hashes.json is trusted while the file keeps its recorded size.
         """
-        stat = self.path.stat()
-        relative = self.path.relative_to(self.models_dir).as_posix()
-        baked = read_baked_hashes(self.models_dir).get(relative, {})
-        if baked.get("sha256") and (not self.is_single_file or baked.get("size") == stat.st_size):
-            return baked["sha256"]
-        return _sha256(self.path, stat.st_size, stat.st_mtime_ns)
+        return sha256_of(self.models_dir, self.path)
 
     @property
     def short_hash(self) -> str:
@@ -75,6 +70,25 @@ class Checkpoint:
         if without_hash in (self.name, self.model_name, self.name.removesuffix(CHECKPOINT_SUFFIX)):
             return not wanted.endswith("]") or wanted == self.title
         return _looks_like_short_hash(wanted) and wanted == self.short_hash  # hash only when asked by hash
+
+
+def sha256_of(models_dir: Path, path: Path) -> str:
+    """sha256 of a file (or a folder's files) in the models directory: the one baked into hashes.json
+    while the file keeps its recorded size, else computed once per file version."""
+    stat = path.stat()
+    baked = read_baked_hashes(models_dir).get(path.relative_to(models_dir).as_posix(), {})
+    if baked.get("sha256") and (not path.is_file() or baked.get("size") == stat.st_size):
+        return baked["sha256"]
+    return _sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
+def list_files(models_dir: Path, subdir: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files with one of `suffixes` under models_dir/subdir (recursively), sorted case-insensitively."""
+    root = models_dir / subdir
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)),
+                  key=lambda p: p.relative_to(root).as_posix().lower())
 
 
 def read_baked_hashes(models_dir: Path) -> dict[str, dict]:

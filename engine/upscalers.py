@@ -25,6 +25,8 @@ from PIL import Image
 
 from schemas import RequestError
 
+from .models_dir import list_files
+
 if TYPE_CHECKING:
     from spandrel import ImageModelDescriptor
 
@@ -106,12 +108,9 @@ def scan(models_dir: Path) -> dict[str, WeightFile]:
     """The upscaler weight files in the models directory, by A1111 name (the first file of a name wins)."""
     found: dict[str, WeightFile] = {}
     for folder, (model_name, known) in FOLDERS.items():
-        directory = models_dir / folder
-        paths = sorted(directory.rglob("*")) if directory.is_dir() else []
-        for path in paths:
-            if path.suffix.lower() in WEIGHT_SUFFIXES and path.is_file():
-                name, scale = known.get(path.name, (path.stem, DEFAULT_SCALE))
-                found.setdefault(name, WeightFile(name, path, scale, model_name))
+        for path in list_files(models_dir, folder, WEIGHT_SUFFIXES):
+            name, scale = known.get(path.name, (path.stem, DEFAULT_SCALE))
+            found.setdefault(name, WeightFile(name, path, scale, model_name))
     return found
 
 

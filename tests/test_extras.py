@@ -135,6 +135,26 @@ def test_the_envelope_reaches_both_endpoints(upscaler_engine):
     assert [opened(data).size for data in batch["images"]] == [(64, 64)]
 
 
+
+def test_the_bare_body_reaches_both_endpoints_by_its_keys(upscaler_engine):
+    handle = make_handler(upscaler_engine)
+    single_payload = {"image": png_b64(), "upscaler_1": "Nearest", "upscaling_resize": 3}
+    bare = handle({"input": single_payload})
+    assert set(bare) == {"image", "html_info"} and opened(bare["image"]).size == (96, 96)
+    assert bare == handle({"input": {"api": {"endpoint": "extra-single-image"}, "payload": single_payload}})
+    batch_payload = {"imageList": [{"data": png_b64(), "name": "a"}, {"data": png_b64(16, 8), "name": "b"}],
+                     "upscaler_1": "Nearest"}
+    batch = handle({"input": batch_payload})
+    assert set(batch) == {"images", "html_info"} and [opened(d).size for d in batch["images"]] == [(64, 64), (32, 16)]
+    assert batch == handle({"input": {"api": {"endpoint": "extra-batch-images"}, "payload": batch_payload}})
+
+
+@pytest.mark.parametrize("key", ["image", "imageList"])
+def test_a_bare_body_with_an_extras_key_and_a_prompt_is_refused(upscaler_engine, key):
+    output = make_handler(upscaler_engine)({"input": {key: png_b64(), "prompt": "a cat"}})
+    assert list(output) == ["error"] and output["error"].startswith(f"input: a body with '{key}' is /sdapi/v1/extra-")
+    assert "'prompt'" in output["error"]
+
 @pytest.mark.parametrize("payload, message", [
     ({"upscaler_1": "Nope"}, "upscaler_1: unknown upscaler 'Nope'; available: None, Lanczos, Nearest, 2x-tiny, "),
     ({"upscaler_1": "Lanczos", "upscaler_2": "Nope"}, "upscaler_2: unknown upscaler 'Nope'; available: None, "),

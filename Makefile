@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(TORCH_SPEC)
 	$(PY) -m pip install -e ".[dev]"
-	# spandrel (neural upscalers) without its torchvision requirement: no CPU torchvision exists (pyproject.toml)
-	$(PY) -m pip install --no-deps "spandrel>=0.4.2,<0.5" "einops>=0.7"
+	# spandrel (neural upscalers, face restorers) without its torchvision requirement: no CPU torchvision exists
+	$(PY) -m pip install --no-deps "spandrel>=0.4.2,<0.5" "spandrel-extra-arches>=0.2,<0.3" "einops>=0.7"
 	touch $@
 
 $(DEMO_MODEL): | install

@@ -37,7 +37,8 @@ from urllib.parse import urlparse
 from .models_dir import CHECKPOINTS_SUBDIR, HASHES_FILE
 
 FOLDERS = {"checkpoints": CHECKPOINTS_SUBDIR, "loras": "Lora", "embeddings": "embeddings", "vaes": "VAE",
-           "upscalers": "ESRGAN"}  # an upscaler entry may name its A1111 folder (RealESRGAN, SwinIR, ...)
+           "upscalers": "ESRGAN",  # an upscaler entry may name its A1111 folder (RealESRGAN, SwinIR, ...)
+           "face_restoration": "GFPGAN"}  # or Codeformer/, FaceDetection/ (engine/face_restoration.py)
 CHUNK = 1 << 20
 _DIFFUSERS_FILES = ("model_index.json", "*/config.json", "*/*.txt", "*/*.json")  # configs, tokenizer, scheduler
 

@@ -1,4 +1,5 @@
-"""A1111's extras: upscale images with one upscaler, or a blend of two, as its Upscale postprocessing does.
+"""A1111's extras: upscale images with one upscaler, or a blend of two, as its Upscale postprocessing does;
+then restore faces with GFPGAN and then CodeFormer, each blended over the image at its visibility.
 
 Results keep the input's text chunks (its `parameters` infotext among them) and gain a `postprocessing`
 chunk saying what was done ("Postprocess upscale by: 2, Postprocess upscaler: R-ESRGAN 4x+");
@@ -19,6 +20,7 @@ from PIL.PngImagePlugin import PngInfo
 from schemas import ExtrasRequest, Options, RequestError
 from schemas.extras import MAX_EXTRAS_SIDE
 
+from .face_restoration import FaceRestorer, FaceRestorers
 from .images import INFOTEXT_CHUNK, EncodedImage, encode_image, read_infotext
 from .infotext import format_value
 from .upscalers import PixelUpscaler, Upscalers
@@ -43,19 +45,25 @@ class _Plan:
     info: dict[str, Any]
 
 
-def extras(upscalers: Upscalers, request: ExtrasRequest, images: list[Image.Image], options: Options) -> Extras:
-    """Every size is checked and every upscaler loaded before any image is processed."""
+def extras(upscalers: Upscalers, faces: FaceRestorers, request: ExtrasRequest, images: list[Image.Image],
+           options: Options) -> Extras:
+    """Every size is checked and every upscaler and restorer loaded before any image is processed."""
     first = second = None
     if request.upscaler_1 != NO_UPSCALER:  # as in A1111, upscaler_2 counts only with an upscaler_1
         first = upscalers.find(request.upscaler_1, "upscaler_1")
         if request.upscaler_2 != NO_UPSCALER:
             second = upscalers.find(request.upscaler_2, "upscaler_2")
+    restorers = _restorers(faces, request)
     plans = [_plan(image, request) if first else None for image in images]
     encoded, text = [], ""
     for image, plan in zip(images, plans):
         result, info = image.convert("RGB"), {}
         if plan:
             result, info = _upscaled(result, request, first, second, plan)
+        for restorer, visibility, restorer_info in restorers:
+            restored = restorer(result)
+            result = restored if visibility == 1 else Image.blend(result, restored, visibility)
+            info.update(restorer_info)
         text = ", ".join(f"{key}: {format_value(value)}" for key, value in info.items())
         encoded.append(_encode(result, image, text, options))
     return Extras(encoded, f"<p>{html.escape(text)}</p>")  # the last image's text, as A1111
@@ -69,6 +77,20 @@ def _upscaled(image: Image.Image, request: ExtrasRequest, first: PixelUpscaler, 
         result = Image.blend(result, _upscale(image, second, plan), request.extras_upscaler_2_visibility)
         info["Postprocess upscaler 2"] = request.upscaler_2
     return result, info
+
+
+def _restorers(faces: FaceRestorers, request: ExtrasRequest) -> list[tuple[FaceRestorer, float, dict[str, Any]]]:
+    """(restorer, visibility, its postprocessing keys) of each restorer the request uses, in A1111's order."""
+    restorers = []
+    if request.gfpgan_visibility > 0:
+        restorers.append((faces.find("GFPGAN", "gfpgan_visibility"), request.gfpgan_visibility,
+                          {"GFPGAN visibility": round(request.gfpgan_visibility, 3)}))
+    if request.codeformer_visibility > 0:
+        restorers.append((faces.find("CodeFormer", "codeformer_visibility").with_weight(request.codeformer_weight),
+                          request.codeformer_visibility,
+                          {"CodeFormer visibility": round(request.codeformer_visibility, 3),
+                           "CodeFormer weight": round(request.codeformer_weight, 3)}))
+    return restorers
 
 
 def _plan(image: Image.Image, request: ExtrasRequest) -> _Plan:

@@ -18,6 +18,7 @@ from PIL import Image
 from schemas import Img2ImgRequest, Options
 
 from . import image_ops
+from .face_restoration import FaceRestorer
 from .generation import Generation
 from .job import Job
 from .model import LoadedModel
@@ -40,8 +41,9 @@ class MaskPlan:
 
 
 def img2img(model: LoadedModel, request: Img2ImgRequest, options: Options,
-            init_images: list[Image.Image], mask: Image.Image | None, progress: Progress | None = None) -> Generation:
-    job = Job(model, request, options, progress)
+            init_images: list[Image.Image], mask: Image.Image | None, progress: Progress | None = None,
+            faces: FaceRestorer | None = None) -> Generation:
+    job = Job(model, request, options, progress, faces)
     plan = _plan_mask(request, mask, init_images[0].size) if mask is not None else None
     _add_params(job, request, plan)
     count = len(job.all_seeds)
@@ -107,7 +109,8 @@ def _generate(job: Job, request: Img2ImgRequest, options: Options, sources: list
     conditioning = job.conditioning(request.prompt, request.negative_prompt, request.steps)
     latents = denoise(model.unet, scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]),
                       conditioning, request.cfg_scale, generators, job.eta, inpainting, job.progress)
-    return [_compose(canvas, generated, plan) for (canvas, _), generated in zip(frames, model.decode_latents(latents))]
+    generated = job.restore_faces(model.decode_latents(latents))
+    return [_compose(canvas, image, plan) for (canvas, _), image in zip(frames, generated)]
 
 
 def _inpainting(job: Job, request: Img2ImgRequest, plan: MaskPlan | None, init: torch.Tensor,

@@ -14,6 +14,7 @@ from schemas import GenerationRequest, Options
 from schemas.samplers import Sampler, Schedule
 
 from .conditioning import Conditioning
+from .face_restoration import FaceRestorer
 from .generation import GeneratedImage, Generation
 from .infotext import build_infotext, worker_version
 from .model import LoadedModel
@@ -23,8 +24,8 @@ from .samplers import make_scheduler
 
 class Job:
     def __init__(self, model: LoadedModel, request: GenerationRequest, options: Options,
-                 progress: Progress | None = None):
-        self.model, self.request, self.options = model, request, options
+                 progress: Progress | None = None, faces: FaceRestorer | None = None):
+        self.model, self.request, self.options, self.faces = model, request, options, faces
         self.progress = progress or Progress()
         self.progress.expect(request.n_iter)
         self.sampler, self.schedule = request.sampler
@@ -73,6 +74,10 @@ class Job:
         return make_scheduler(self.model.scheduler_config, sampler or self.sampler, schedule or self.schedule,
                               [seed + delta for seed in seeds])
 
+    def restore_faces(self, images: list) -> list:
+        """Decoded images with their faces restored when the request asks (before any inpainting overlay)."""
+        return [self.faces(image) for image in images] if self.faces else images
+
     @property
     def eta(self) -> float:
         return self.request.eta or 0.0
@@ -88,6 +93,7 @@ class Job:
             "Schedule type": self.schedule.label,
             "CFG scale": request.cfg_scale,
             "Seed": self.all_seeds[index],
+            "Face restoration": self.faces.name if self.faces else None,
             "Size": f"{request.width}x{request.height}",
             "Model hash": checkpoint.short_hash,
             "Model": checkpoint.model_name,
@@ -125,8 +131,8 @@ class Job:
             "cfg_scale": request.cfg_scale,
             "steps": request.steps,
             "batch_size": request.batch_size,
-            "restore_faces": False,
-            "face_restoration_model": None,
+            "restore_faces": self.faces is not None,
+            "face_restoration_model": self.faces.name if self.faces else None,
             "sd_model_name": self.model.checkpoint.model_name,
             "sd_model_hash": self.model.checkpoint.short_hash,
             "sd_vae_name": None,

@@ -19,6 +19,7 @@ from schemas import ExtrasRequest, GenerationRequest, Img2ImgRequest, Options, R
 
 from .device import pick_device, pick_dtype
 from .extras import Extras, extras
+from .face_restoration import FaceRestorer, FaceRestorers, face_restoration_model
 from .generation import Generation
 from .img2img import img2img
 from .loading import load_pipeline
@@ -35,6 +36,7 @@ class Engine:
         self.models_dir, self.device, self.dtype, self.max_models = models_dir, device, dtype, max_models
         self.checkpoints = list_checkpoints(models_dir)
         self.upscalers = Upscalers(models_dir, device, dtype, upscale_tile)  # finds files; loads on first use
+        self.faces = FaceRestorers(models_dir, device)  # loads on first use
         self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
         self.options = Options(sd_model_checkpoint=checkpoint.title)  # hashes the checkpoint at start
         self.progress = Progress()
@@ -90,17 +92,24 @@ class Engine:
             self.options = options
         return self.model_for(checkpoint), options
 
+    def _face_restorer(self, request: GenerationRequest, options: Options) -> FaceRestorer | None:
+        """restore_faces' restorer, loaded before generating (a missing file fails the request first)."""
+        name = face_restoration_model(request, options)
+        return self.faces.find(name, "restore_faces").with_weight(options.code_former_weight) if name else None
+
     def txt2img(self, request: Txt2ImgRequest) -> Generation:
         model, options = self._apply_options(request)
-        return txt2img(model, request, options, self.upscalers, self.progress)
+        return txt2img(model, request, options, self.upscalers, self.progress, self._face_restorer(request, options))
 
     def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None) -> Generation:
         model, options = self._apply_options(request)
-        return img2img(model, request, options, init_images, mask, self.progress)
+        return img2img(model, request, options, init_images, mask, self.progress,
+                       self._face_restorer(request, options))
 
     def extras(self, request: ExtrasRequest, images: list[Image.Image]) -> Extras:
-        """Upscale images (A1111's extra-single-image / extra-batch-images), in the server options' format."""
-        return extras(self.upscalers, request, images, self.options)
+        """Upscale images and restore faces (A1111's extra-single-image / extra-batch-images), in the server
+        options' format."""
+        return extras(self.upscalers, self.faces, request, images, self.options)
 
     def set_options(self, values: dict[str, Any]) -> None:
         """POST /options: known options are validated and stored, a new sd_model_checkpoint is loaded,
@@ -118,6 +127,7 @@ class Engine:
         """Free every loaded checkpoint and upscaler; the next request loads what it needs."""
         self._loaded.clear()
         self.upscalers.unload()
+        self.faces.unload()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

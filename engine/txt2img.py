@@ -13,14 +13,15 @@ from .model import LoadedModel
 from .progress import Progress
 from .sampling import Inpainting, denoise, img2img_steps, set_schedule
 from .tiling import tiled
+from .face_restoration import FaceRestorer
 from .upscalers import LATENT_MODES, PixelUpscaler, Upscalers, upscale_latents
 
 DEFAULT_HIRES_UPSCALER = "Latent"
 
 
 def txt2img(model: LoadedModel, request: Txt2ImgRequest, options: Options, upscalers: Upscalers,
-            progress: Progress | None = None) -> Generation:
-    job = Job(model, request, options, progress)
+            progress: Progress | None = None, faces: FaceRestorer | None = None) -> Generation:
+    job = Job(model, request, options, progress, faces)
     pixel_upscaler = None  # hires fix in pixel space; found (an unknown name fails) before any work
     if request.enable_hr:
         if (request.hr_upscaler or DEFAULT_HIRES_UPSCALER) not in LATENT_MODES:
@@ -32,7 +33,7 @@ def txt2img(model: LoadedModel, request: Txt2ImgRequest, options: Options, upsca
             latents = _first_pass(job, request, seeds, subseeds)
             if request.enable_hr:
                 latents = _hires_pass(job, request, latents, seeds, subseeds, pixel_upscaler)
-            images += model.decode_latents(latents)
+            images += job.restore_faces(model.decode_latents(latents))
     return job.result(images)
 
 

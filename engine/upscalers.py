@@ -155,17 +155,32 @@ class Upscalers:
         self._networks.clear()
 
 
-def _load(path: Path, name: str, field: str, device: torch.device, dtype: torch.dtype) -> ImageModelDescriptor:
+def load_descriptor(path: Path, label: str, field: str, device: torch.device,
+                    extra_architectures: bool = False) -> ImageModelDescriptor:
+    """A weight file through spandrel's architecture detection (with spandrel_extra_arches' architectures
+    if asked); `label` ("upscaler 'X'") names it in errors, which are the caller's (`field`)."""
     try:
         spandrel = _import_spandrel()
+        registry = spandrel.MAIN_REGISTRY
+        if extra_architectures:
+            registry = registry.copy()
+            registry.add(*importlib.import_module("spandrel_extra_arches").EXTRA_REGISTRY)
     except ImportError as error:
-        raise RequestError(field, f"upscaler {name!r} needs the spandrel package, which is not installed "
-                                  f"({error}); install a1111-worker[upscalers]") from None
+        raise RequestError(field, f"{label} needs the {error.name} package, which is not installed "
+                                  f"({error}); install a1111-worker[{'faces' if extra_architectures else 'upscalers'}]") from None
     try:
-        descriptor = spandrel.ModelLoader(device).load_from_file(path)
+        descriptor = spandrel.ModelLoader(device, registry).load_from_file(path)
     except Exception as error:  # spandrel raises several kinds for files it can't read or recognise
-        raise RequestError(field, f"upscaler {name!r} ({path.name}) can't be loaded: {error}") from None
-    if not isinstance(descriptor, spandrel.ImageModelDescriptor) or descriptor.purpose not in ("SR", "Restoration") \
+        raise RequestError(field, f"{label} ({path.name}) can't be loaded: {error}") from None
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor):
+        raise RequestError(field, f"{label} ({path.name}) is a {descriptor.architecture.name} model, not an "
+                                  "image-to-image network")
+    return descriptor
+
+
+def _load(path: Path, name: str, field: str, device: torch.device, dtype: torch.dtype) -> ImageModelDescriptor:
+    descriptor = load_descriptor(path, f"upscaler {name!r}", field, device)
+    if descriptor.purpose not in ("SR", "Restoration") \
             or descriptor.input_channels != 3 or descriptor.output_channels != 3:
         raise RequestError(field, f"upscaler {name!r} ({path.name}) is a {descriptor.architecture.name} "
                                   f"{descriptor.purpose} model, not an RGB upscaler")

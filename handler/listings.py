@@ -30,6 +30,11 @@ def upscalers(engine: Engine, payload: dict, destination) -> list[dict[str, Any]
     return engine.upscalers.listing()
 
 
+def face_restorers(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
+    """The face restorers whose weights are in the models directory."""
+    return engine.faces.listing()
+
+
 def latent_upscale_modes(engine: Engine, payload: dict, destination) -> list[dict[str, str]]:
     from engine.upscalers import LATENT_MODES
 

@@ -113,7 +113,7 @@ ROUTES: dict[tuple[str, str], Operation] = {
     ("GET", "loras"): listings.nothing_listed,
     ("GET", "hypernetworks"): listings.nothing_listed,
     ("GET", "prompt-styles"): listings.nothing_listed,
-    ("GET", "face-restorers"): listings.nothing_listed,
+    ("GET", "face-restorers"): listings.face_restorers,
     ("GET", "embeddings"): listings.embeddings,
     ("GET", "scripts"): listings.scripts,
     ("GET", "cmd-flags"): listings.cmd_flags,

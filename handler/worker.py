@@ -2,7 +2,8 @@
 
 Images are delivered as the job asks (`input.delivery`, the job's `s3Config`, BUCKET_* settings): see
 handler/delivery.py. Accepted inputs (../shared/runpod.md):
-  - the bare A1111 body: txt2img, or img2img when it has `init_images`
+  - the bare A1111 body, routed by its keys (BARE_BODY_KEYS): img2img when it has `init_images`,
+    extra-batch-images when it has `imageList`, extra-single-image when it has `image`, else txt2img
   - the envelope: {"api": {"method": "POST", "endpoint": "/sdapi/v1/txt2img"}, "payload": {...}}
 """
 
@@ -28,13 +29,28 @@ log = logging.getLogger(__name__)
 
 _CALLER_ERRORS = (ValidationError, RequestError, UnknownEndpoint, BadEnvelope, DeliveryError)
 
+# a bare body's endpoint: that of the first of these keys it has, else txt2img
+BARE_BODY_KEYS = {"init_images": "img2img", "imageList": "extra-batch-images", "image": "extra-single-image"}
+
+
+def bare_body_endpoint(body: dict[str, Any]) -> str:
+    """Extras bodies have no prompt: one with both is refused rather than guessed."""
+    key = next((key for key in BARE_BODY_KEYS if key in body), None)
+    if key is None:
+        return "txt2img"
+    endpoint = BARE_BODY_KEYS[key]
+    if endpoint.startswith("extra-") and "prompt" in body:
+        raise BadEnvelope(f"input: a body with {key!r} is /sdapi/v1/{endpoint}, which takes no 'prompt'; "
+                          "remove one of them, or name the endpoint with the envelope")
+    return endpoint
+
 
 def parse_job_input(job_input: Any) -> tuple[str, str, dict[str, Any]]:
     """(method, endpoint, payload) from either input form (`delivery` is read beside them)."""
     if not isinstance(job_input, dict):
         raise BadEnvelope(f"input: must be a JSON object (got {type(job_input).__name__})")
     if "api" not in job_input:
-        return "POST", "img2img" if "init_images" in job_input else "txt2img", job_input
+        return "POST", bare_body_endpoint(job_input), job_input
     api, payload = job_input["api"], job_input.get("payload", {})
     if not isinstance(api, dict) or not isinstance(api.get("endpoint"), str):
         raise BadEnvelope('api: must be {"method": "POST" or "GET", "endpoint": "/sdapi/v1/<name>"}')

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import limits
 
@@ -22,9 +21,9 @@ class ExtrasRequest(BaseModel):
                                                       "upscaling_resize_h (the larger ratio)")
     show_extras_results: bool = Field(True, description="accepted; these endpoints always return their results, "
                                                        "as in A1111")
-    gfpgan_visibility: float = Field(0, ge=0, le=1)
-    codeformer_visibility: float = Field(0, ge=0, le=1)
-    codeformer_weight: float = Field(0, ge=0, le=1)
+    gfpgan_visibility: float = Field(0, ge=0, le=1, description="GFPGAN's restored faces blended over the image")
+    codeformer_visibility: float = Field(0, ge=0, le=1, description="the same with CodeFormer, after GFPGAN")
+    codeformer_weight: float = Field(0, ge=0, le=1, description="CodeFormer's weight: 0 the most effect, 1 the least")
     upscaling_resize: float = Field(2, gt=0, le=MAX_UPSCALE)
     upscaling_resize_w: int = Field(512, ge=1, le=MAX_EXTRAS_SIDE)
     upscaling_resize_h: int = Field(512, ge=1, le=MAX_EXTRAS_SIDE)
@@ -33,15 +32,6 @@ class ExtrasRequest(BaseModel):
     upscaler_2: str = Field("None", description="blended over upscaler_1's result")
     extras_upscaler_2_visibility: float = Field(0, ge=0, le=1, description="upscaler_2's weight in the blend")
     upscale_first: bool = Field(False, description="accepted and ignored, as in A1111")
-
-    @field_validator("gfpgan_visibility", "codeformer_visibility")
-    @classmethod
-    def _no_face_restoration(cls, value: float) -> float:
-        if value > 0:
-            raise PydanticCustomError(
-                "not_implemented", "face restoration is not supported by this worker yet; send 0 or leave it out "
-                                   "(got {value})", {"value": value})
-        return value
 
 
 class ExtrasSingleImageRequest(ExtrasRequest):

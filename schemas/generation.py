@@ -34,7 +34,6 @@ class GenerationRequest(BaseModel):
     # Subclasses add their own; an issue that implements one removes it here.
     not_implemented: ClassVar[dict[str, tuple[Any, ...]]] = {
         "styles": (None, []),
-        "restore_faces": (None, False),
         "s_min_uncond": (None, 0),
         "s_churn": (None, 0),
         "s_tmin": (None, 0),
@@ -64,7 +63,8 @@ class GenerationRequest(BaseModel):
     cfg_scale: float = Field(7.0, ge=limits.MIN_CFG_SCALE, le=limits.MAX_CFG_SCALE)
     width: int = Field(512, ge=limits.MIN_SIDE, le=limits.MAX_SIDE)
     height: int = Field(512, ge=limits.MIN_SIDE, le=limits.MAX_SIDE)
-    restore_faces: bool | None = None
+    restore_faces: bool | None = Field(None, description="restore faces with the face_restoration_model option's "
+                                                         "restorer; unset: the face_restoration option")
     tiling: bool | None = None
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False

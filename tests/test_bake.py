@@ -69,6 +69,13 @@ source = "{local}"
 source = "{local}"
 name = "4x-tiny.pth"
 folder = "RealESRGAN"
+[[face_restoration]]
+source = "{local}"
+name = "GFPGANv1.4.pth"
+[[face_restoration]]
+source = "{local}"
+name = "face_detection_yunet_2023mar.onnx"
+folder = "FaceDetection"
 """)
     models = tmp_path / "models"
     bake(read_manifest(manifest), models)
@@ -76,6 +83,8 @@ folder = "RealESRGAN"
     assert (models / "Lora/lora.safetensors").read_bytes() == FILES["/lora.safetensors"]
     assert (models / "embeddings/emb.pt").read_bytes() == b"embedding"
     assert (models / "RealESRGAN/4x-tiny.pth").read_bytes() == b"embedding"
+    assert (models / "GFPGAN/GFPGANv1.4.pth").read_bytes() == b"embedding"
+    assert (models / "FaceDetection/face_detection_yunet_2023mar.onnx").read_bytes() == b"embedding"
     hashes = json.loads((models / "hashes.json").read_text())
     assert hashes["Stable-diffusion/model.safetensors"] == {"sha256": sha(FILES["/model.safetensors"]),
                                                             "size": len(FILES["/model.safetensors"])}

@@ -135,13 +135,31 @@ def test_the_envelope_reaches_both_endpoints(upscaler_engine):
     assert [opened(data).size for data in batch["images"]] == [(64, 64)]
 
 
+
+def test_the_bare_body_reaches_both_endpoints_by_its_keys(upscaler_engine):
+    handle = make_handler(upscaler_engine)
+    single_payload = {"image": png_b64(), "upscaler_1": "Nearest", "upscaling_resize": 3}
+    bare = handle({"input": single_payload})
+    assert set(bare) == {"image", "html_info"} and opened(bare["image"]).size == (96, 96)
+    assert bare == handle({"input": {"api": {"endpoint": "extra-single-image"}, "payload": single_payload}})
+    batch_payload = {"imageList": [{"data": png_b64(), "name": "a"}, {"data": png_b64(16, 8), "name": "b"}],
+                     "upscaler_1": "Nearest"}
+    batch = handle({"input": batch_payload})
+    assert set(batch) == {"images", "html_info"} and [opened(d).size for d in batch["images"]] == [(64, 64), (32, 16)]
+    assert batch == handle({"input": {"api": {"endpoint": "extra-batch-images"}, "payload": batch_payload}})
+
+
+@pytest.mark.parametrize("key", ["image", "imageList"])
+def test_a_bare_body_with_an_extras_key_and_a_prompt_is_refused(upscaler_engine, key):
+    output = make_handler(upscaler_engine)({"input": {key: png_b64(), "prompt": "a cat"}})
+    assert list(output) == ["error"] and output["error"].startswith(f"input: a body with '{key}' is /sdapi/v1/extra-")
+    assert "'prompt'" in output["error"]
+
 @pytest.mark.parametrize("payload, message", [
     ({"upscaler_1": "Nope"}, "upscaler_1: unknown upscaler 'Nope'; available: None, Lanczos, Nearest, 2x-tiny, "),
     ({"upscaler_1": "Lanczos", "upscaler_2": "Nope"}, "upscaler_2: unknown upscaler 'Nope'; available: None, "),
     ({"upscaler_1": "broken"}, "upscaler_1: upscaler 'broken' (broken.pth) can't be loaded: "),
-    ({"gfpgan_visibility": 0.5}, "gfpgan_visibility: face restoration is not supported by this worker yet; "
-                                 "send 0 or leave it out (got 0.5)"),
-    ({"codeformer_visibility": 1}, "codeformer_visibility: face restoration is not supported by this worker yet"),
+    ({"gfpgan_visibility": 1.5}, "gfpgan_visibility: Input should be less than or equal to 1"),
     ({"upscaler_1": "Lanczos", "upscaling_resize": 9}, "upscaling_resize: Input should be less than or equal to 8"),
     ({"upscaler_1": "Lanczos", "resize_mode": 1, "upscaling_resize_w": 8192, "upscaling_resize_h": 64,
       "image": png_b64(16, 32)},

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import socket
 import subprocess
@@ -103,6 +105,18 @@ def test_envelope_method_defaults_to_post_and_is_case_insensitive():
                                                  "payload": {"prompt": "x"}})
     assert (method.upper(), endpoint, payload) == ("POST", "txt2img", {"prompt": "x"})
     assert parse_job_input({"prompt": "x"}) == ("POST", "txt2img", {"prompt": "x"})
+
+
+@pytest.mark.parametrize("body, endpoint", [
+    ({"prompt": "x"}, "txt2img"),
+    ({}, "txt2img"),
+    ({"init_images": ["a"], "prompt": "x"}, "img2img"),
+    ({"init_images": ["a"], "image": "b"}, "img2img"),
+    ({"imageList": [{"data": "a"}]}, "extra-batch-images"),
+    ({"image": "a", "upscaler_1": "Lanczos"}, "extra-single-image"),
+])
+def test_a_bare_body_is_routed_by_its_keys(body, endpoint):
+    assert parse_job_input(body) == ("POST", endpoint, body)
 
 
 # ---------------------------------------------------------------- errors
@@ -248,6 +262,15 @@ def test_http_envelope(runsync, completed_image):
     result = runsync({"api": {"method": "POST", "endpoint": "/sdapi/v1/txt2img"},
                       "payload": {"prompt": "a cat", "seed": 5, **SMALL}})
     assert "Seed: 5," in completed_image(result, (64, 64))
+
+
+def test_http_bare_extras_body(runsync, decode_png):
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 8), (10, 200, 30)).save(buffer, format="PNG")
+    result = runsync({"image": base64.b64encode(buffer.getvalue()).decode(), "upscaler_1": "Nearest"})
+    assert result.get("status") == "COMPLETED", result.get("error")
+    assert result["output"]["html_info"] == "<p>Postprocess upscale by: 2, Postprocess upscaler: Nearest</p>"
+    assert decode_png(result["output"]["image"]).size == (32, 16)
 
 
 def test_http_bad_payload_fails_then_the_next_job_completes(runsync, completed_image):

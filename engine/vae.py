@@ -104,7 +104,7 @@ class Vaes:
             return self._loaded[key]
         try:
             vae = AutoencoderKL.from_single_file(str(file.path), config=str(config), subfolder="vae",
-                                                 local_files_only=True, torch_dtype=self.dtype)
+                                                 local_files_only=True, dtype=self.dtype)
         except Exception as error:  # diffusers raises several kinds for files that are not a fitting VAE
             raise RequestError(field, f"VAE {file.name!r} can't be loaded for checkpoint {checkpoint.name}: "
                                       f"{describe_error(error)}") from None

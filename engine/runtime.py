@@ -111,12 +111,13 @@ class Engine:
         return extras(self.upscalers, request, images, self.options)
 
     def set_options(self, values: dict[str, Any]) -> None:
-        """POST /options: known options are validated and stored, a new sd_model_checkpoint is loaded,
-        unknown keys are ignored (as A1111 does)."""
+        """POST /options: known options are validated and stored, a new sd_model_checkpoint or sd_vae is
+        loaded, unknown keys are ignored (as A1111 does)."""
         known = {key: value for key, value in values.items() if key in Options.model_fields}
         options = self.options.merged(known)
         checkpoint = self.find_checkpoint(options.sd_model_checkpoint, "sd_model_checkpoint")
-        self.vaes.apply(self.model_for(checkpoint), options.sd_vae, "sd_vae")
+        self.model_for(checkpoint)
+        self.vaes.find(options.sd_vae, checkpoint, "sd_vae")  # validated and loaded; generations apply it
         self.options = options.model_copy(update={"sd_model_checkpoint": checkpoint.title})
 
     def refresh_checkpoints(self) -> None:

@@ -79,8 +79,12 @@ class Vaes:
 
     def apply(self, model: LoadedModel, option: str, field: str) -> None:
         """Make `model` decode and encode with the VAE the sd_vae value `option` names (given in `field`)."""
-        file = self.resolve(option, model.checkpoint, field)
-        model.use_vae(file, self._load(file, model.checkpoint, field) if file else None)
+        model.use_vae(*self.find(option, model.checkpoint, field))
+
+    def find(self, option: str, checkpoint: Checkpoint, field: str) -> tuple[VaeFile | None, AutoencoderKL | None]:
+        """The VAE file `option` names for `checkpoint`, loaded; (None, None) for the checkpoint's own."""
+        file = self.resolve(option, checkpoint, field)
+        return (file, self._load(file, checkpoint, field)) if file else (None, None)
 
     def resolve(self, option: str, checkpoint: Checkpoint, field: str) -> VaeFile | None:
         """The VAE file for `checkpoint`; None for the checkpoint's own."""

@@ -11,7 +11,7 @@ from engine.tiny_addons import write_tiny_vae
 from handler.router import route
 from handler.worker import make_handler
 
-BASE = {"prompt": "a lighthouse", "steps": 3, "width": 64, "height": 64, "seed": 8}
+BASE = {"prompt": "a lighthouse", "steps": 2, "width": 64, "height": 64, "seed": 8}
 OTHER = "tiny-other.safetensors"  # bare LDM keys
 OTHER_PT = "tiny-other-prefixed.pt"  # the same weights under first_stage_model., in {"state_dict": ...}
 BESIDE = "tiny-sd15.vae.safetensors"  # beside the checkpoint, named like it: "Automatic" picks it

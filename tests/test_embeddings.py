@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from engine.embeddings import EmbeddingVector
 from engine.infotext import parse_infotext
@@ -23,13 +24,14 @@ EMBEDDINGS = {  # name -> (suffix, the words whose token embeddings its vectors 
 
 @pytest.fixture(scope="module")
 def ti_engine(tiny_models_dir_factory, start_tiny_engine):
-    """tiny-sd15 with the EMBEDDINGS, a 768-wide one (skipped) and a file that is no embedding."""
+    """tiny-sd15 with the EMBEDDINGS, a 768-wide and an SDXL one (skipped) and a file that is no embedding."""
     models_dir = tiny_models_dir_factory("ti-models")
     engine = start_tiny_engine(models_dir)
     for name, (suffix, content) in EMBEDDINGS.items():
         vectors = content if isinstance(content, int) else word_vectors(engine.model.encoder, content)
         write_tiny_embedding(models_dir, name, vectors, suffix)
     write_tiny_embedding(models_dir, "Wide", 2, width=768)
+    save_file({"clip_g": torch.zeros(3, 1280), "clip_l": torch.zeros(3, 768)}, models_dir / "embeddings" / "XL.safetensors")
     (models_dir / "embeddings" / "notes.pt").write_bytes(b"not an embedding")
     engine.embeddings.refresh()
     return engine
@@ -90,7 +92,8 @@ def test_the_comma_backtrack_moves_an_embedding_with_its_text(encoder):
 
 def test_wrong_width_is_skipped_and_a_foreign_file_left_out(ti_engine, encoder):
     listing = route(ti_engine, "GET", "embeddings", {})
-    assert list(listing["skipped"]) == ["Wide"] and listing["skipped"]["Wide"]["shape"] == 768
+    assert list(listing["skipped"]) == ["Wide", "XL"]
+    assert [(e["shape"], e["vectors"]) for e in listing["skipped"].values()] == [(768, 2), (1280 + 768, 3)]
     assert vector_positions(encoder.chunks("a Wide cat")[0][0]) == []
     assert "notes" not in listing["loaded"] and "notes" not in listing["skipped"]
 

@@ -14,6 +14,7 @@ from schemas import GenerationRequest, Options
 from schemas.samplers import Sampler, Schedule
 
 from .conditioning import Conditioning
+from .embeddings import Embedding, ti_hashes
 from .face_restoration import FaceRestorer
 from .generation import GeneratedImage, Generation
 from .infotext import build_infotext, worker_version
@@ -35,6 +36,7 @@ class Job:
         self.all_seeds = [self.seed + (0 if varied else i) for i in range(count)]
         self.all_subseeds = [self.subseed + i for i in range(count)]
         self.extra_params: dict[str, Any] = {}  # infotext keys an operation adds, in order
+        self.textual_inversions: dict[str, Embedding] = {}  # the embeddings the prompts used, by name
         self.timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
 
     @property
@@ -66,7 +68,13 @@ class Job:
         return noise.to(self.model.device), generators
 
     def conditioning(self, prompt: str, negative_prompt: str, steps: int) -> Conditioning:
-        return self.model.encoder.conditioning(prompt, negative_prompt, steps, self.clip_skip)
+        """The prompts' conditioning; the embeddings they use go into the infotext (TI hashes)."""
+        conditioning = self.model.encoder.conditioning(prompt, negative_prompt, steps, self.clip_skip)
+        for embedding in conditioning.textual_inversions:
+            self.textual_inversions.setdefault(embedding.name, embedding)
+        if self.textual_inversions:
+            self.extra_params["TI hashes"] = ti_hashes(self.textual_inversions.values())
+        return conditioning
 
     def scheduler(self, seeds: list[int], sampler: Sampler | None = None, schedule: Schedule | None = None):
         """A fresh scheduler for one batch (the request's sampler unless another is given)."""
@@ -84,7 +92,7 @@ class Job:
 
     def params(self, index: int) -> dict[str, Any]:
         """Image `index`'s infotext parameters, in A1111's order."""
-        request, checkpoint = self.request, self.model.checkpoint
+        request, checkpoint, vae = self.request, self.model.checkpoint, self.model.vae_file
         varied = request.subseed_strength > 0
         resize = request.seed_resize_from
         return {
@@ -97,6 +105,8 @@ class Job:
             "Size": f"{request.width}x{request.height}",
             "Model hash": checkpoint.short_hash,
             "Model": checkpoint.model_name,
+            "VAE hash": vae.short_hash if vae else None,
+            "VAE": vae.name if vae else None,
             "Variation seed": self.all_subseeds[index] if varied else None,
             "Variation seed strength": request.subseed_strength if varied else None,
             "Seed resize from": f"{resize[0]}x{resize[1]}" if resize else None,
@@ -135,8 +145,8 @@ class Job:
             "face_restoration_model": self.faces.name if self.faces else None,
             "sd_model_name": self.model.checkpoint.model_name,
             "sd_model_hash": self.model.checkpoint.short_hash,
-            "sd_vae_name": None,
-            "sd_vae_hash": None,
+            "sd_vae_name": self.model.vae_file.name if self.model.vae_file else None,
+            "sd_vae_hash": self.model.vae_file.short_hash if self.model.vae_file else None,
             "seed_resize_from_w": request.seed_resize_from_w,
             "seed_resize_from_h": request.seed_resize_from_h,
             "denoising_strength": request.denoising_strength,

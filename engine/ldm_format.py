@@ -94,10 +94,18 @@ def to_single_file(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
     layers = unet.config.layers_per_block
     with_attention = {i for i, t in enumerate(unet.config.up_block_types) if "CrossAttn" in t}
     state = {UNET_PREFIX + unet_key(k, layers, with_attention): v for k, v in unet.state_dict().items()}
+    state.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(vae).items()})
+    state.update({TEXT_ENCODER_PREFIX + text_encoder_key(k): v for k, v in text_encoder.state_dict().items()})
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
+    """A diffusers AutoencoderKL's weights in the LDM layout (encoder., decoder., quant_conv., ...), as
+    standalone VAE files hold them."""
+    state = {}
     for key, value in vae.state_dict().items():
         ldm = vae_key(key, len(vae.config.down_block_types))
         if ".mid.attn_1." in ldm and ldm.endswith(".weight") and value.ndim == 2:
             value = value[:, :, None, None]  # the LDM VAE's attention projections are 1x1 convolutions
-        state[VAE_PREFIX + ldm] = value
-    state.update({TEXT_ENCODER_PREFIX + text_encoder_key(k): v for k, v in text_encoder.state_dict().items()})
-    return {k: v.detach().contiguous() for k, v in state.items()}
+        state[ldm] = value.detach().contiguous()
+    return state

@@ -6,6 +6,8 @@ Single files go through diffusers' single-file loader with the configs shipped i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
@@ -45,6 +47,11 @@ def detect_architecture(checkpoint: Checkpoint) -> str:
         raise UnsupportedCheckpoint(
             f"{checkpoint.name}: unknown SD 1.x variant (UNet width {width}, {in_channels} input channels)")
     return _SD1_BY_WIDTH[width] + _VARIANT_BY_CHANNELS[in_channels]
+
+
+def components_config_dir(checkpoint: Checkpoint) -> Path:
+    """The folder holding the checkpoint's component configs (vae/config.json, unet/config.json, ...)."""
+    return architecture_dir(detect_architecture(checkpoint)) if checkpoint.is_single_file else checkpoint.path
 
 
 def load_pipeline(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> StableDiffusionPipeline:

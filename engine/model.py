@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -10,19 +11,34 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from .conditioning import PromptEncoder
+from .embeddings import Embeddings
 from .models_dir import Checkpoint
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL
+
+    from .vae import VaeFile
 
 
 @dataclass
 class LoadedModel:
     checkpoint: Checkpoint
     pipe: StableDiffusionPipeline
+    embeddings: Embeddings = field(default_factory=Embeddings)  # textual inversions its prompts may use
     scheduler_config: dict = field(init=False)  # the checkpoint's own noise schedule
     encoder: PromptEncoder = field(init=False)
+    own_vae: AutoencoderKL = field(init=False)  # the checkpoint's VAE, used while vae_file is None
+    vae_file: VaeFile | None = field(init=False, default=None)  # the VAE file in use (engine/vae.py)
 
     def __post_init__(self):
         self.scheduler_config = dict(self.pipe.scheduler.config)
-        self.encoder = PromptEncoder(self.pipe.tokenizer, self.pipe.text_encoder)
+        self.encoder = PromptEncoder(self.pipe.tokenizer, self.pipe.text_encoder, self.embeddings)
+        self.own_vae = self.pipe.vae
+
+    def use_vae(self, file: VaeFile | None, vae: AutoencoderKL | None) -> None:
+        """Decode and encode with `vae` (loaded from `file`), or with the checkpoint's own for None."""
+        self.vae_file = file
+        self.pipe.vae = vae if file else self.own_vae
 
     @property
     def unet(self):

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 CHECKPOINTS_SUBDIR = "Stable-diffusion"
 CHECKPOINT_SUFFIX = ".safetensors"
+VAE_BESIDE_CHECKPOINT = ".vae" + CHECKPOINT_SUFFIX  # a VAE file beside the checkpoints (engine/vae.py), not one
 HASHES_FILE = "hashes.json"  # {path relative to the models dir: {"sha256": ..., "size": bytes}}
 
 
@@ -82,6 +83,12 @@ def sha256_of(models_dir: Path, path: Path) -> str:
     return _sha256(path, stat.st_size, stat.st_mtime_ns)
 
 
+def describe_error(error: Exception) -> str:
+    """The first line of a loader's error (torch.load and diffusers explain at length), for one-line messages."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def list_files(models_dir: Path, subdir: str, suffixes: tuple[str, ...]) -> list[Path]:
     """Files with one of `suffixes` under models_dir/subdir (recursively), sorted case-insensitively."""
     root = models_dir / subdir
@@ -132,7 +139,7 @@ def list_checkpoints(models_dir: Path) -> list[Checkpoint]:
             dirnames.clear()  # a diffusers folder's subfolders are its components
             continue
         found += [Checkpoint(here / f, (here / f).relative_to(root).as_posix())
-                  for f in filenames if f.endswith(CHECKPOINT_SUFFIX)]
+                  for f in filenames if f.endswith(CHECKPOINT_SUFFIX) and not f.endswith(VAE_BESIDE_CHECKPOINT)]
         dirnames.sort()
     return sorted(found, key=lambda c: c.name.lower())
 

@@ -2,7 +2,8 @@
 
 Server options (A1111's /options) live here; a request's override_settings apply to that request
 only, unless it sets override_settings_restore_afterwards to false. Loaded checkpoints are kept in
-a small cache (WORKER_MAX_MODELS, default 2) so switching back and forth does not reload.
+a small cache (WORKER_MAX_MODELS, default 2) so switching back and forth does not reload. Each
+generation sets the model's VAE from its options (sd_vae), so an override lasts one request.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image
 from schemas import ExtrasRequest, GenerationRequest, Img2ImgRequest, Options, RequestError, Txt2ImgRequest
 
 from .device import pick_device, pick_dtype
+from .embeddings import Embeddings
 from .extras import Extras, extras
 from .face_restoration import FaceRestorer, FaceRestorers, face_restoration_model
 from .generation import Generation
@@ -28,6 +30,7 @@ from .models_dir import Checkpoint, default_checkpoint, find_checkpoint, list_ch
 from .progress import Progress
 from .txt2img import txt2img
 from .upscalers import DEFAULT_TILE, Upscalers, tile_from_env
+from .vae import Vaes
 
 
 class Engine:
@@ -37,6 +40,8 @@ class Engine:
         self.checkpoints = list_checkpoints(models_dir)
         self.upscalers = Upscalers(models_dir, device, dtype, upscale_tile)  # finds files; loads on first use
         self.faces = FaceRestorers(models_dir, device)  # loads on first use
+        self.vaes = Vaes(models_dir, device, dtype)  # the same
+        self.embeddings = Embeddings(models_dir)  # read on first use
         self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
         self.options = Options(sd_model_checkpoint=checkpoint.title)  # hashes the checkpoint at start
         self.progress = Progress()
@@ -82,15 +87,18 @@ class Engine:
         else:
             while len(self._loaded) >= self.max_models:
                 self._loaded.popitem(last=False)
-            self._loaded[checkpoint.path] = LoadedModel(checkpoint, load_pipeline(checkpoint, self.device, self.dtype))
+            self._loaded[checkpoint.path] = LoadedModel(checkpoint, load_pipeline(checkpoint, self.device, self.dtype),
+                                                        self.embeddings)
         return self._loaded[checkpoint.path]
 
     def _apply_options(self, request: GenerationRequest) -> tuple[LoadedModel, Options]:
         options = self.options.merged(request.override_settings)
         checkpoint = self.find_checkpoint(options.sd_model_checkpoint, "override_settings.sd_model_checkpoint")
+        model = self.model_for(checkpoint)
+        self.vaes.apply(model, options.sd_vae, "override_settings.sd_vae")
         if not request.override_settings_restore_afterwards:
             self.options = options
-        return self.model_for(checkpoint), options
+        return model, options
 
     def _face_restorer(self, request: GenerationRequest, options: Options) -> FaceRestorer | None:
         """restore_faces' restorer, loaded before generating (a missing file fails the request first)."""
@@ -112,20 +120,22 @@ class Engine:
         return extras(self.upscalers, self.faces, request, images, self.options)
 
     def set_options(self, values: dict[str, Any]) -> None:
-        """POST /options: known options are validated and stored, a new sd_model_checkpoint is loaded,
-        unknown keys are ignored (as A1111 does)."""
+        """POST /options: known options are validated and stored, a new sd_model_checkpoint or sd_vae is
+        loaded, unknown keys are ignored (as A1111 does)."""
         known = {key: value for key, value in values.items() if key in Options.model_fields}
         options = self.options.merged(known)
         checkpoint = self.find_checkpoint(options.sd_model_checkpoint, "sd_model_checkpoint")
         self.model_for(checkpoint)
+        self.vaes.find(options.sd_vae, checkpoint, "sd_vae")  # validated and loaded; generations apply it
         self.options = options.model_copy(update={"sd_model_checkpoint": checkpoint.title})
 
     def refresh_checkpoints(self) -> None:
         self.checkpoints = list_checkpoints(self.models_dir)
 
     def unload(self) -> None:
-        """Free every loaded checkpoint and upscaler; the next request loads what it needs."""
+        """Free every loaded checkpoint, VAE and upscaler; the next request loads what it needs."""
         self._loaded.clear()
+        self.vaes.unload()
         self.upscalers.unload()
         self.faces.unload()
         if self.device.type == "cuda":

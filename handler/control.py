@@ -1,4 +1,5 @@
-"""A1111's control endpoints: options, progress, interrupt and skip, checkpoint refresh and reload."""
+"""A1111's control endpoints: options, progress, interrupt and skip, refreshing the lists of checkpoints, VAEs
+and embeddings, unload and reload."""
 
 from __future__ import annotations
 
@@ -43,8 +44,16 @@ def refresh_checkpoints(engine: Engine, payload: dict, destination) -> None:
     engine.refresh_checkpoints()
 
 
+def refresh_vae(engine: Engine, payload: dict, destination) -> None:
+    engine.vaes.refresh()
+
+
+def refresh_embeddings(engine: Engine, payload: dict, destination) -> None:
+    engine.embeddings.refresh()
+
+
 def refresh_nothing(engine: Engine, payload: dict, destination) -> None:
-    """refresh-vae, refresh-loras, refresh-embeddings: nothing of theirs is offered yet."""
+    """refresh-loras: nothing of theirs is offered yet."""
 
 
 def unload_checkpoint(engine: Engine, payload: dict, destination) -> dict:

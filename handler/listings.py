@@ -42,13 +42,18 @@ def latent_upscale_modes(engine: Engine, payload: dict, destination) -> list[dic
 
 
 def nothing_listed(engine: Engine, payload: dict, destination) -> list:
-    """Listings of what this worker does not offer yet (VAEs, LoRAs, styles, ...): empty, as A1111's
+    """Listings of what this worker does not offer yet (LoRAs, styles, ...): empty, as A1111's
     with none installed."""
     return []
 
 
+def sd_vae(engine: Engine, payload: dict, destination) -> list[dict[str, str]]:
+    return engine.vaes.listing()
+
+
 def embeddings(engine: Engine, payload: dict, destination) -> dict[str, dict]:
-    return {"loaded": {}, "skipped": {}}
+    """Loaded: the embeddings that fit the current checkpoint's text encoder; skipped: the others."""
+    return engine.embeddings.listing(engine.model.encoder.embedding_width)
 
 
 def scripts(engine: Engine, payload: dict, destination) -> dict[str, list]:

@@ -15,6 +15,7 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     sd_model_checkpoint: str | None = Field(None, description="checkpoint title, name or short hash")
+    sd_vae: str = Field("Automatic", description="VAE file name in VAE/, 'Automatic' or 'None' (the checkpoint's)")
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="clip skip")
     eta_noise_seed_delta: int = Field(0, ge=0, description="added to seeds for samplers' step noise (ENSD)")
     img2img_fix_steps: bool = Field(False, description="img2img runs exactly `steps` steps")

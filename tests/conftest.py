@@ -180,3 +180,25 @@ def upscaler_engine(upscaler_models_dir):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WORKER_UPSCALE_TILE", "64")
         return Engine.start(models_dir=upscaler_models_dir, sd_model=TINY_NAME, device="cpu", dtype="float32")
+
+
+# ---------------------------------------------------------------- engines on models directories of their own
+
+@pytest.fixture(scope="session")
+def tiny_models_dir_factory(tmp_path_factory, tiny_checkpoint_path):
+    """make(name): a fresh models directory holding only tiny-sd15, for tests that add files to it."""
+    def make(name: str) -> Path:
+        directory = tmp_path_factory.mktemp(name)
+        (directory / "Stable-diffusion").mkdir()
+        shutil.copyfile(tiny_checkpoint_path, directory / "Stable-diffusion" / tiny_checkpoint_path.name)
+        return directory
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def start_tiny_engine():
+    """start(models_dir): an engine on tiny-sd15 in `models_dir`, on the CPU in float32."""
+    from engine.runtime import Engine
+
+    return lambda models_dir: Engine.start(models_dir=models_dir, sd_model=TINY_NAME, device="cpu", dtype="float32")

@@ -85,7 +85,7 @@ def test_override_kept_when_restore_afterwards_is_false(engine):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"sd_model_checkpoint": "missing-model"}, "override_settings.sd_model_checkpoint: no checkpoint 'missing-model'"),
-    ({"sd_vae": "x.safetensors"}, "override_settings: sd_vae: not supported by this worker"),
+    ({"sd_vae": "x.safetensors"}, "override_settings.sd_vae: unknown VAE 'x.safetensors'; available: Automatic, None"),
     ({"CLIP_stop_at_last_layers": 0}, "override_settings: CLIP_stop_at_last_layers: "),
 ])
 def test_bad_overrides_are_clear_errors(engine, overrides, message):

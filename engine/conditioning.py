@@ -57,7 +57,7 @@ class Conditioning:
         return [weight for weight, _ in self.conds]
 
 
-CACHED_ENCODINGS = 64  # recent (text, clip skip) encodings kept: repeats within and across requests
+CACHED_ENCODINGS = 64  # recent (text, clip skip, adapters) encodings kept: repeats within and across requests
 
 
 @dataclass
@@ -66,6 +66,7 @@ class PromptEncoder:
 
     tokenizer: object
     text_encoder: torch.nn.Module
+    adapters: tuple = ()  # the text encoder's active LoRA adapters and weights (engine/lora.py): part of the cache key
     _cache: OrderedDict = field(default_factory=OrderedDict)
 
     def conditioning(self, prompt: str, negative_prompt: str, steps: int, clip_skip: int) -> Conditioning:
@@ -79,7 +80,7 @@ class PromptEncoder:
     @torch.inference_mode()
     def encode(self, text: str, clip_skip: int = 1) -> torch.Tensor:
         """(1, 77 * chunks, dim): each 75-token chunk encoded on its own, weighted, then concatenated."""
-        key = (text, clip_skip)
+        key = (text, clip_skip, self.adapters)
         if key in self._cache:
             self._cache.move_to_end(key)
         else:

@@ -11,11 +11,13 @@ from typing import Any
 import torch
 
 from schemas import GenerationRequest, Options
+from schemas.extra_networks import PassPrompts
 from schemas.samplers import Sampler, Schedule
 
 from .conditioning import Conditioning
 from .generation import GeneratedImage, Generation
 from .infotext import build_infotext, worker_version
+from .lora import lora_hashes
 from .model import LoadedModel
 from .noise import batch_noise, latent_shape, resolve_seed
 from .progress import Progress
@@ -35,6 +37,7 @@ class Job:
         self.all_subseeds = [self.subseed + i for i in range(count)]
         self.extra_params: dict[str, Any] = {}  # infotext keys an operation adds, in order
         self.timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
+        model.loras.load(request.lora_tags)  # unknown names and bad files fail before any work
 
     @property
     def clip_skip(self) -> int:
@@ -64,8 +67,12 @@ class Job:
         )
         return noise.to(self.model.device), generators
 
-    def conditioning(self, prompt: str, negative_prompt: str, steps: int) -> Conditioning:
-        return self.model.encoder.conditioning(prompt, negative_prompt, steps, self.clip_skip)
+    def prepare(self, prompts: PassPrompts, steps: int) -> Conditioning:
+        """Set a sampling pass up: activate its LoRAs (exactly those) and encode its prompts."""
+        applied = self.model.loras.activate(prompts.loras)
+        if applied:  # as A1111, a pass without LoRAs keeps an earlier pass's hashes
+            self.extra_params["Lora hashes"] = lora_hashes(applied)
+        return self.model.encoder.conditioning(prompts.prompt, prompts.negative_prompt, steps, self.clip_skip)
 
     def scheduler(self, seeds: list[int], sampler: Sampler | None = None, schedule: Schedule | None = None):
         """A fresh scheduler for one batch (the request's sampler unless another is given)."""

@@ -1,8 +1,8 @@
-"""A loaded checkpoint: its diffusers pipeline, prompt encoder and the facts generation needs."""
+"""A loaded checkpoint: its diffusers pipeline, prompt encoder, LoRAs and the facts generation needs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 import numpy as np
 import torch
@@ -10,6 +10,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from .conditioning import PromptEncoder
+from .lora import LoraAdapters, LoraLibrary
 from .models_dir import Checkpoint
 
 
@@ -17,12 +18,15 @@ from .models_dir import Checkpoint
 class LoadedModel:
     checkpoint: Checkpoint
     pipe: StableDiffusionPipeline
+    lora_library: InitVar[LoraLibrary]
     scheduler_config: dict = field(init=False)  # the checkpoint's own noise schedule
     encoder: PromptEncoder = field(init=False)
+    loras: LoraAdapters = field(init=False)
 
-    def __post_init__(self):
+    def __post_init__(self, lora_library: LoraLibrary):
         self.scheduler_config = dict(self.pipe.scheduler.config)
         self.encoder = PromptEncoder(self.pipe.tokenizer, self.pipe.text_encoder)
+        self.loras = LoraAdapters(self.pipe, self.encoder, lora_library)
 
     @property
     def unet(self):

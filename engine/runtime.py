@@ -2,7 +2,8 @@
 
 Server options (A1111's /options) live here; a request's override_settings apply to that request
 only, unless it sets override_settings_restore_afterwards to false. Loaded checkpoints are kept in
-a small cache (WORKER_MAX_MODELS, default 2) so switching back and forth does not reload.
+a small cache (WORKER_MAX_MODELS, default 2) so switching back and forth does not reload. A request's
+LoRAs are active during that request only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .extras import Extras, extras
 from .generation import Generation
 from .img2img import img2img
 from .loading import load_pipeline
+from .lora import LoraLibrary
 from .model import LoadedModel
 from .models_dir import Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints, models_dir_from_env
 from .progress import Progress
@@ -35,6 +37,7 @@ class Engine:
         self.models_dir, self.device, self.dtype, self.max_models = models_dir, device, dtype, max_models
         self.checkpoints = list_checkpoints(models_dir)
         self.upscalers = Upscalers(models_dir, device, dtype, upscale_tile)  # finds files; loads on first use
+        self.loras = LoraLibrary(models_dir)  # finds files; each checkpoint loads them on first use
         self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
         self.options = Options(sd_model_checkpoint=checkpoint.title)  # hashes the checkpoint at start
         self.progress = Progress()
@@ -80,7 +83,8 @@ class Engine:
         else:
             while len(self._loaded) >= self.max_models:
                 self._loaded.popitem(last=False)
-            self._loaded[checkpoint.path] = LoadedModel(checkpoint, load_pipeline(checkpoint, self.device, self.dtype))
+            self._loaded[checkpoint.path] = LoadedModel(checkpoint, load_pipeline(checkpoint, self.device, self.dtype),
+                                                       self.loras)
         return self._loaded[checkpoint.path]
 
     def _apply_options(self, request: GenerationRequest) -> tuple[LoadedModel, Options]:
@@ -92,11 +96,17 @@ class Engine:
 
     def txt2img(self, request: Txt2ImgRequest) -> Generation:
         model, options = self._apply_options(request)
-        return txt2img(model, request, options, self.upscalers, self.progress)
+        try:
+            return txt2img(model, request, options, self.upscalers, self.progress)
+        finally:
+            model.loras.deactivate()  # the next request starts from the base model
 
     def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None) -> Generation:
         model, options = self._apply_options(request)
-        return img2img(model, request, options, init_images, mask, self.progress)
+        try:
+            return img2img(model, request, options, init_images, mask, self.progress)
+        finally:
+            model.loras.deactivate()
 
     def extras(self, request: ExtrasRequest, images: list[Image.Image]) -> Extras:
         """Upscale images (A1111's extra-single-image / extra-batch-images), in the server options' format."""
@@ -113,6 +123,9 @@ class Engine:
 
     def refresh_checkpoints(self) -> None:
         self.checkpoints = list_checkpoints(self.models_dir)
+
+    def refresh_loras(self) -> None:
+        self.loras.refresh()
 
     def unload(self) -> None:
         """Free every loaded checkpoint and upscaler; the next request loads what it needs."""

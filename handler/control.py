@@ -1,4 +1,4 @@
-"""A1111's control endpoints: options, progress, interrupt and skip, checkpoint refresh and reload."""
+"""A1111's control endpoints: options, progress, interrupt and skip, checkpoint and LoRA refresh, reload."""
 
 from __future__ import annotations
 
@@ -43,8 +43,12 @@ def refresh_checkpoints(engine: Engine, payload: dict, destination) -> None:
     engine.refresh_checkpoints()
 
 
+def refresh_loras(engine: Engine, payload: dict, destination) -> None:
+    engine.refresh_loras()
+
+
 def refresh_nothing(engine: Engine, payload: dict, destination) -> None:
-    """refresh-vae, refresh-loras, refresh-embeddings: nothing of theirs is offered yet."""
+    """refresh-vae, refresh-embeddings: nothing of theirs is offered yet."""
 
 
 def unload_checkpoint(engine: Engine, payload: dict, destination) -> dict:

@@ -96,7 +96,8 @@ class LoraLibrary:
         self.loras, self._by_alias, self._ambiguous = by_name, by_alias, ambiguous
 
     def _lookup(self, name: str) -> LoraFile | None:
-        return (self.loras if name.lower() in self._ambiguous else self._by_alias).get(name)
+        lora = (self.loras if name.lower() in self._ambiguous else self._by_alias).get(name)
+        return lora if lora is not None and lora.path.is_file() else None
 
     def find(self, name: str, field: str) -> LoraFile:
         """The file a prompt names; the folder is read again before a name counts as unknown."""

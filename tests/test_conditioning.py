@@ -126,4 +126,5 @@ def test_encoding_cache_is_bounded(encoder):
     for i in range(CACHED_ENCODINGS + 5):
         encoder.encode(f"prompt number {i}")
     assert len(encoder._cache) == CACHED_ENCODINGS
-    assert ("prompt number 0", 1) not in encoder._cache and (f"prompt number {CACHED_ENCODINGS + 4}", 1) in encoder._cache
+    assert ("prompt number 0", 1, ()) not in encoder._cache  # keys: text, clip skip, active LoRA adapters
+    assert (f"prompt number {CACHED_ENCODINGS + 4}", 1, ()) in encoder._cache

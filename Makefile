@@ -23,6 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 $(DEMO_MODEL): | install
 	$(PY) -m engine.tiny --models-dir $(DEMO_MODELS_DIR)
+	$(PY) -m engine.tiny_lora --models-dir $(DEMO_MODELS_DIR)  # Lora/tiny-lora: try <lora:tiny-lora:0.8>
 
 demo: install $(DEMO_MODEL)
 	MODELS_DIR=$(DEMO_MODELS_DIR) SD_MODEL=tiny-sd15 $(PY) -m handler.local test_input.json --outputs outputs

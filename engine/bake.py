@@ -16,7 +16,8 @@ The manifest lists models by kind, each with a source and optionally its sha256 
 Sources: `hf://owner/repo/path/file` (one file), `hf://owner/repo` (a diffusers repo: configs and
 weights only, fp16 weights where the repo has them), `http(s)://` URLs, and local paths. Files land in
 A1111's folders; a sha256 mismatch is an error that keeps no file; a re-run skips what is present.
-Each file's sha256 is recorded in hashes.json, so the worker never hashes weights at start.
+Each file's sha256 is recorded in hashes.json (for LoRAs also their "addnet" hash, the one A1111's
+infotext uses), so the worker never hashes weights at start.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .models_dir import CHECKPOINTS_SUBDIR, HASHES_FILE
+from .models_dir import CHECKPOINTS_SUBDIR, HASHES_FILE, file_addnet_hash
 
 FOLDERS = {"checkpoints": CHECKPOINTS_SUBDIR, "loras": "Lora", "embeddings": "embeddings", "vaes": "VAE",
            "upscalers": "ESRGAN",  # an upscaler entry may name its A1111 folder (RealESRGAN, SwinIR, ...)
@@ -96,6 +97,8 @@ def bake(entries: list[Entry], models_dir: Path) -> None:
         else:
             sha256 = _write_verified(entry, target)
         hashes[entry.relative_path] = {"sha256": sha256, "size": target.stat().st_size if target.is_file() else None}
+        if entry.kind == "loras" and target.name.endswith(".safetensors"):  # the hash A1111's infotext gives LoRAs
+            hashes[entry.relative_path]["addnet"] = file_addnet_hash(target)
         hashes_path.write_text(json.dumps(hashes, indent=2, sort_keys=True))
 
 

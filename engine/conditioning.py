@@ -74,7 +74,7 @@ class Encoding(NamedTuple):
     textual_inversions: tuple[Embedding, ...]  # the embeddings the text uses, in order
 
 
-CACHED_ENCODINGS = 64  # recent (text, clip skip) encodings kept: repeats within and across requests
+CACHED_ENCODINGS = 64  # recent (text, clip skip, adapters) encodings kept: repeats within and across requests
 
 
 @dataclass
@@ -84,6 +84,7 @@ class PromptEncoder:
     tokenizer: object
     text_encoder: torch.nn.Module
     embeddings: Embeddings = field(default_factory=Embeddings)
+    adapters: tuple = ()  # the text encoder's active LoRA adapters and weights (engine/lora.py): part of the cache key
     _cache: OrderedDict = field(default_factory=OrderedDict)
 
     def conditioning(self, prompt: str, negative_prompt: str, steps: int, clip_skip: int) -> Conditioning:
@@ -102,7 +103,7 @@ class PromptEncoder:
 
     @torch.inference_mode()
     def encoding(self, text: str, clip_skip: int = 1) -> Encoding:
-        key = (text, clip_skip, self.embeddings.version)
+        key = (text, clip_skip, self.embeddings.version, self.adapters)
         if key in self._cache:
             self._cache.move_to_end(key)
         else:

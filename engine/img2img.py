@@ -106,7 +106,7 @@ def _generate(job: Job, request: Img2ImgRequest, options: Options, sources: list
     scheduler = job.scheduler(seeds)
     length, run = img2img_steps(request.steps, request.denoising_strength, options.img2img_fix_steps)
     timesteps = set_schedule(scheduler, length, run, model.device)
-    conditioning = job.conditioning(request.prompt, request.negative_prompt, request.steps)
+    conditioning = job.prepare(request.prompts, request.steps)
     latents = denoise(model.unet, scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]),
                       conditioning, request.cfg_scale, generators, job.eta, inpainting, job.progress)
     generated = job.restore_faces(model.decode_latents(latents))

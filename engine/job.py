@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from schemas import GenerationRequest, Options
+from schemas.extra_networks import PassPrompts
 from schemas.samplers import Sampler, Schedule
 
 from .conditioning import Conditioning
@@ -18,6 +19,7 @@ from .embeddings import Embedding, ti_hashes
 from .face_restoration import FaceRestorer
 from .generation import GeneratedImage, Generation
 from .infotext import build_infotext, worker_version
+from .lora import lora_hashes
 from .model import LoadedModel
 from .noise import batch_noise, latent_shape, resolve_seed
 from .progress import Progress
@@ -38,6 +40,7 @@ class Job:
         self.extra_params: dict[str, Any] = {}  # infotext keys an operation adds, in order
         self.textual_inversions: dict[str, Embedding] = {}  # the embeddings the prompts used, by name
         self.timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
+        model.loras.load(request.lora_tags)  # unknown names and bad files fail before any work
 
     @property
     def clip_skip(self) -> int:
@@ -67,9 +70,13 @@ class Job:
         )
         return noise.to(self.model.device), generators
 
-    def conditioning(self, prompt: str, negative_prompt: str, steps: int) -> Conditioning:
-        """The prompts' conditioning; the embeddings they use go into the infotext (TI hashes)."""
-        conditioning = self.model.encoder.conditioning(prompt, negative_prompt, steps, self.clip_skip)
+    def prepare(self, prompts: PassPrompts, steps: int) -> Conditioning:
+        """Set a sampling pass up: activate its LoRAs (exactly those) and encode its prompts. The LoRAs and
+        embeddings used go into the infotext (Lora hashes, TI hashes)."""
+        applied = self.model.loras.activate(prompts.loras)
+        if applied:  # as A1111, a pass without LoRAs keeps an earlier pass's hashes
+            self.extra_params["Lora hashes"] = lora_hashes(applied)
+        conditioning = self.model.encoder.conditioning(prompts.prompt, prompts.negative_prompt, steps, self.clip_skip)
         for embedding in conditioning.textual_inversions:
             self.textual_inversions.setdefault(embedding.name, embedding)
         if self.textual_inversions:

@@ -1,8 +1,8 @@
-"""A loaded checkpoint: its diffusers pipeline, prompt encoder and the facts generation needs."""
+"""A loaded checkpoint: its diffusers pipeline, prompt encoder, LoRAs and the facts generation needs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,6 +12,7 @@ from PIL import Image
 
 from .conditioning import PromptEncoder
 from .embeddings import Embeddings
+from .lora import LoraAdapters, LoraLibrary
 from .models_dir import Checkpoint
 
 if TYPE_CHECKING:
@@ -24,15 +25,18 @@ if TYPE_CHECKING:
 class LoadedModel:
     checkpoint: Checkpoint
     pipe: StableDiffusionPipeline
+    lora_library: InitVar[LoraLibrary]  # the LoRA files its prompts may name
     embeddings: Embeddings = field(default_factory=Embeddings)  # textual inversions its prompts may use
     scheduler_config: dict = field(init=False)  # the checkpoint's own noise schedule
     encoder: PromptEncoder = field(init=False)
+    loras: LoraAdapters = field(init=False)
     own_vae: AutoencoderKL = field(init=False)  # the checkpoint's VAE, used while vae_file is None
     vae_file: VaeFile | None = field(init=False, default=None)  # the VAE file in use (engine/vae.py)
 
-    def __post_init__(self):
+    def __post_init__(self, lora_library: LoraLibrary):
         self.scheduler_config = dict(self.pipe.scheduler.config)
         self.encoder = PromptEncoder(self.pipe.tokenizer, self.pipe.text_encoder, self.embeddings)
+        self.loras = LoraAdapters(self.pipe, self.encoder, lora_library)
         self.own_vae = self.pipe.vae
 
     def use_vae(self, file: VaeFile | None, vae: AutoencoderKL | None) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 CHECKPOINTS_SUBDIR = "Stable-diffusion"
 CHECKPOINT_SUFFIX = ".safetensors"
 VAE_BESIDE_CHECKPOINT = ".vae" + CHECKPOINT_SUFFIX  # a VAE file beside the checkpoints (engine/vae.py), not one
-HASHES_FILE = "hashes.json"  # {path relative to the models dir: {"sha256": ..., "size": bytes}}
+HASHES_FILE = "hashes.json"  # {path relative to the models dir: {"sha256": ..., "size": bytes[, "addnet": ...]}}
 
 
 class ModelsDirError(RuntimeError):
@@ -87,6 +87,20 @@ def describe_error(error: Exception) -> str:
     """The first line of a loader's error (torch.load and diffusers explain at length), for one-line messages."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+def addnet_hash(models_dir: Path, path: Path) -> str:
+    """sha256 of a safetensors file's bytes after its header: the LoRA hash of kohya's scripts and A1111
+    ("addnet"). One baked into hashes.json as "addnet" is trusted while the file keeps its recorded size."""
+    stat = path.stat()
+    baked = read_baked_hashes(models_dir).get(path.relative_to(models_dir).as_posix(), {})
+    if baked.get("addnet") and baked.get("size") == stat.st_size:
+        return baked["addnet"]
+    return file_addnet_hash(path)
+
+
+def file_addnet_hash(path: Path) -> str:
+    """The addnet hash computed from the file, once per file version."""
+    stat = path.stat()
+    return _addnet_hash(path, stat.st_size, stat.st_mtime_ns)
 
 
 def list_files(models_dir: Path, subdir: str, suffixes: tuple[str, ...]) -> list[Path]:
@@ -119,6 +133,17 @@ def _sha256(path: Path, size: int, mtime_ns: int) -> str:
         with file.open("rb") as stream:
             while chunk := stream.read(1 << 20):
                 digest.update(chunk)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def _addnet_hash(path: Path, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        header_length = int.from_bytes(stream.read(8), "little")
+        stream.seek(8 + header_length)
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -3,7 +3,8 @@
 Server options (A1111's /options) live here; a request's override_settings apply to that request
 only, unless it sets override_settings_restore_afterwards to false. Loaded checkpoints are kept in
 a small cache (WORKER_MAX_MODELS, default 2) so switching back and forth does not reload. Each
-generation sets the model's VAE from its options (sd_vae), so an override lasts one request.
+generation sets the model's VAE from its options (sd_vae), so an override lasts one request, and a
+request's LoRAs are active during that request only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .face_restoration import FaceRestorer, FaceRestorers, face_restoration_mode
 from .generation import Generation
 from .img2img import img2img
 from .loading import load_pipeline
+from .lora import LoraLibrary
 from .model import LoadedModel
 from .models_dir import Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints, models_dir_from_env
 from .progress import Progress
@@ -42,6 +44,7 @@ class Engine:
         self.faces = FaceRestorers(models_dir, device)  # loads on first use
         self.vaes = Vaes(models_dir, device, dtype)  # the same
         self.embeddings = Embeddings(models_dir)  # read on first use
+        self.loras = LoraLibrary(models_dir)  # finds files; each checkpoint loads them on first use
         self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
         self.options = Options(sd_model_checkpoint=checkpoint.title)  # hashes the checkpoint at start
         self.progress = Progress()
@@ -88,7 +91,7 @@ class Engine:
             while len(self._loaded) >= self.max_models:
                 self._loaded.popitem(last=False)
             self._loaded[checkpoint.path] = LoadedModel(checkpoint, load_pipeline(checkpoint, self.device, self.dtype),
-                                                        self.embeddings)
+                                                        self.loras, self.embeddings)
         return self._loaded[checkpoint.path]
 
     def _apply_options(self, request: GenerationRequest) -> tuple[LoadedModel, Options]:
@@ -107,12 +110,19 @@ class Engine:
 
     def txt2img(self, request: Txt2ImgRequest) -> Generation:
         model, options = self._apply_options(request)
-        return txt2img(model, request, options, self.upscalers, self.progress, self._face_restorer(request, options))
+        try:
+            return txt2img(model, request, options, self.upscalers, self.progress,
+                           self._face_restorer(request, options))
+        finally:
+            model.loras.deactivate()  # the next request starts from the base model
 
     def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None) -> Generation:
         model, options = self._apply_options(request)
-        return img2img(model, request, options, init_images, mask, self.progress,
-                       self._face_restorer(request, options))
+        try:
+            return img2img(model, request, options, init_images, mask, self.progress,
+                           self._face_restorer(request, options))
+        finally:
+            model.loras.deactivate()
 
     def extras(self, request: ExtrasRequest, images: list[Image.Image]) -> Extras:
         """Upscale images and restore faces (A1111's extra-single-image / extra-batch-images), in the server

@@ -41,7 +41,7 @@ def _first_pass(job: Job, request: Txt2ImgRequest, seeds: list[int], subseeds: l
     noise, generators = job.noise(seeds, subseeds, request.width, request.height)
     scheduler = job.scheduler(seeds)
     timesteps = set_schedule(scheduler, request.steps, request.steps, job.model.device)
-    conditioning = job.conditioning(request.prompt, request.negative_prompt, request.steps)
+    conditioning = job.prepare(request.prompts, request.steps)
     return denoise(job.model.unet, scheduler, timesteps, noise * scheduler.init_noise_sigma, conditioning,
                    request.cfg_scale, generators, job.eta, _inpainting_model_input(job, noise), job.progress)
 
@@ -67,8 +67,7 @@ def _hires_pass(job: Job, request: Txt2ImgRequest, latents: torch.Tensor, seeds:
     length, run = img2img_steps(steps, request.denoising_strength, exact=True)
     timesteps = set_schedule(scheduler, length, run, model.device)
     noise, generators = job.noise(seeds, subseeds, width, height)  # fresh noise from the same seeds
-    conditioning = job.conditioning(request.hr_prompt or request.prompt,
-                                    request.hr_negative_prompt or request.negative_prompt, steps)
+    conditioning = job.prepare(request.hires_prompts, steps)
     return denoise(model.unet, scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]),
                    conditioning, request.cfg_scale, generators, job.eta, _inpainting_model_input(job, noise), job.progress)
 

@@ -1,5 +1,5 @@
-"""A1111's control endpoints: options, progress, interrupt and skip, refreshing the lists of checkpoints, VAEs
-and embeddings, unload and reload."""
+"""A1111's control endpoints: options, progress, interrupt and skip, refreshing the lists of checkpoints, VAEs,
+LoRAs and embeddings, unload and reload."""
 
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ def refresh_embeddings(engine: Engine, payload: dict, destination) -> None:
     engine.embeddings.refresh()
 
 
-def refresh_nothing(engine: Engine, payload: dict, destination) -> None:
-    """refresh-loras: nothing of theirs is offered yet."""
+def refresh_loras(engine: Engine, payload: dict, destination) -> None:
+    engine.loras.refresh()
 
 
 def unload_checkpoint(engine: Engine, payload: dict, destination) -> dict:

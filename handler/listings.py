@@ -41,8 +41,13 @@ def latent_upscale_modes(engine: Engine, payload: dict, destination) -> list[dic
     return [{"name": name} for name in LATENT_MODES]
 
 
+def loras(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
+    """The LoRA files in the models directory's Lora/ folder: [{name, alias, path, metadata}]."""
+    return engine.loras.listing()
+
+
 def nothing_listed(engine: Engine, payload: dict, destination) -> list:
-    """Listings of what this worker does not offer yet (LoRAs, styles, ...): empty, as A1111's
+    """Listings of what this worker does not offer yet (hypernetworks, styles, ...): empty, as A1111's
     with none installed."""
     return []
 

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from . import limits
+from .extra_networks import LoraTag, PassPrompts, pass_prompts
 from .options import Options
 from .samplers import DEFAULT_SAMPLER, Sampler, Schedule, find_sampler, find_schedule, resolve
-
-# A1111's extra-network syntax, e.g. <lora:name:0.8>, <hypernet:name:1>
-EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 
 
 def _blank_seed_is_random(value: Any) -> Any:
@@ -89,6 +87,7 @@ class GenerationRequest(BaseModel):
     save_images: bool = False
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     infotext: str | None = None
+    _prompts: PassPrompts = PrivateAttr()
 
     @field_validator("*")
     @classmethod
@@ -99,17 +98,6 @@ class GenerationRequest(BaseModel):
                 "not_implemented",
                 "not supported by this worker yet; send {allowed} or leave it out (got {value})",
                 {"allowed": " or ".join(json.dumps(v) for v in allowed), "value": json.dumps(value, default=str)},
-            )
-        return value
-
-    @field_validator("prompt", "negative_prompt")
-    @classmethod
-    def _no_extra_networks(cls, value: str) -> str:
-        if match := EXTRA_NETWORK.search(value):
-            raise PydanticCustomError(
-                "extra_network",
-                "extra networks such as {tag} are not supported by this worker yet; remove the tag",
-                {"tag": match.group(0)},
             )
         return value
 
@@ -167,12 +155,24 @@ class GenerationRequest(BaseModel):
                 "eta", "eta: sampler '{sampler}' runs with eta 1 in this worker; send 1 or leave it out",
                 {"sampler": sampler.name},
             )
+        self._prompts = extra_networks_of(self.prompt, self.negative_prompt, ("prompt", "negative_prompt"),
+                                          not self.disable_extra_networks)
         return self
 
     @property
     def sampler(self) -> tuple[Sampler, Schedule]:
         """The sampler (sampler_name, else sampler_index) and its schedule, Automatic resolved."""
         return resolve(self.sampler_name or self.sampler_index, self.scheduler)
+
+    @property
+    def prompts(self) -> PassPrompts:
+        """The prompts without extra-network tags, and the LoRAs they name (the first pass's)."""
+        return self._prompts
+
+    @property
+    def lora_tags(self) -> tuple[LoraTag, ...]:
+        """The LoRA tags of every sampling pass."""
+        return self.prompts.loras
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -192,3 +192,11 @@ def as_custom_error(check, value) -> None:
         check(value)
     except ValueError as error:
         raise PydanticCustomError("unknown_name", "{error}", {"error": str(error)}) from None
+
+
+def extra_networks_of(prompt: str, negative_prompt: str, fields: tuple[str, str], enabled: bool) -> PassPrompts:
+    """pass_prompts, its ValueError as a validation error (the message names the field)."""
+    try:
+        return pass_prompts(prompt, negative_prompt, fields, enabled)
+    except ValueError as error:
+        raise PydanticCustomError("extra_network", "{error}", {"error": str(error)}) from None

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from . import limits
-from .generation import GenerationRequest, as_custom_error
+from .extra_networks import LoraTag, PassPrompts
+from .generation import GenerationRequest, as_custom_error, extra_networks_of
 from .samplers import Sampler, Schedule, find_sampler, find_schedule, resolve
 
 
@@ -31,6 +32,7 @@ class Txt2ImgRequest(GenerationRequest):
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
     firstpass_image: str | None = None
+    _hires_prompts: PassPrompts | None = PrivateAttr(None)
 
     @field_validator("hr_sampler_name")
     @classmethod
@@ -62,7 +64,21 @@ class Txt2ImgRequest(GenerationRequest):
             self.hires_sampler
         except ValueError as error:
             raise PydanticCustomError("sampler_schedule", "hr_scheduler: {error}", {"error": str(error)})
+        # A1111: an empty hr_prompt is the prompt, tags included; a given one brings its own LoRAs
+        self._hires_prompts = extra_networks_of(
+            self.hr_prompt or self.prompt, self.hr_negative_prompt or self.negative_prompt,
+            ("hr_prompt" if self.hr_prompt else "prompt", "hr_negative_prompt" if self.hr_negative_prompt
+             else "negative_prompt"), not self.disable_extra_networks)
         return self
+
+    @property
+    def hires_prompts(self) -> PassPrompts | None:
+        """The hires pass's prompts without extra-network tags and their LoRAs (None without enable_hr)."""
+        return self._hires_prompts
+
+    @property
+    def lora_tags(self) -> tuple[LoraTag, ...]:
+        return self.prompts.loras + (self.hires_prompts.loras if self.hires_prompts else ())
 
     @property
     def hires_size(self) -> tuple[int, int]:

@@ -12,7 +12,9 @@ import pytest
 from engine.bake import BakeError, bake, main, read_manifest
 from engine.models_dir import list_checkpoints
 
-FILES = {"/model.safetensors": b"weights " * 5000, "/lora.safetensors": b"lora " * 300}
+LORA_HEADER = b'{"__metadata__":{"ss_output_name":"tiny"}}'  # a safetensors header (no tensors), then data
+LORA = len(LORA_HEADER).to_bytes(8, "little") + LORA_HEADER + b"lora " * 300
+FILES = {"/model.safetensors": b"weights " * 5000, "/lora.safetensors": LORA}
 
 
 def sha(data: bytes) -> str:
@@ -88,6 +90,8 @@ folder = "FaceDetection"
     hashes = json.loads((models / "hashes.json").read_text())
     assert hashes["Stable-diffusion/model.safetensors"] == {"sha256": sha(FILES["/model.safetensors"]),
                                                             "size": len(FILES["/model.safetensors"])}
+    assert hashes["Lora/lora.safetensors"] == {"sha256": sha(LORA), "size": len(LORA),  # addnet: A1111's LoRA hash
+                                               "addnet": sha(b"lora " * 300)}
     assert not list(models.rglob(".*.part"))
 
 

@@ -22,11 +22,10 @@ from importlib.metadata import version
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-import torch
-
 from .models_dir import CHECKPOINT_SUFFIX, Checkpoint
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: the worker reads the record before torch is imported
+    import torch
     from diffusers import StableDiffusionPipeline
 
 CONVERTED_SUBDIR = ".converted"

@@ -1,6 +1,6 @@
 """Cold-start benchmark: whole processes, interleaved, each measured from start to result.
 
-    python tests/bench/cold_start.py [--runs 3] [--cache DIR]      (make bench-cold)
+    python tests/bench/cold_start.py [--runs 3] [--cache DIR] [--threads N]      (make bench-cold)
 
 Creates once (cached) an SD 1.5-size checkpoint with random weights (fp16 safetensors, ~2 GB) and
 bakes it into a models directory as the image build does (`engine.bake`: hash recorded, single file
@@ -11,6 +11,8 @@ then times, at least `--runs` times each, interleaved:
 - ours:  `python -m handler --test_input` with a 1-step 64x64 request, start to job result.
 Prints median seconds and peak RSS of each, and last `cold start: ours/naive = X.XX, ours/floor = Y.YY`.
 Not a test: it measures this machine, in this run, against baselines measured in the same run.
+`--threads N` sets OMP_NUM_THREADS for all three: on a machine shared with other work, torch's
+threads wait on each other at every operation, which can multiply the time of a generation.
 """
 
 from __future__ import annotations
@@ -102,13 +104,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "a1111-worker-bench")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the measured processes")
     parser.add_argument("--make-checkpoint", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make_checkpoint:
         return _bake_checkpoint(args.cache)
     checkpoint = make_checkpoint(args.cache)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MODELS_DIR": str(args.cache / "models"), "SD_MODEL": NAME,
-           "PYTHONPATH": str(ROOT), "WORKER_WARMUP": "0"}
+           "PYTHONPATH": str(ROOT), "WORKER_WARMUP": "0", **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     job = json.dumps({"input": {"prompt": "a cat", "steps": 1, "width": 64, "height": 64}})
     commands = {
         "floor": [sys.executable, "-c", FLOOR, str(checkpoint)],
@@ -121,7 +124,7 @@ def main() -> None:
             results[name].append(run(argv, env))
     weight_bytes = checkpoint.stat().st_size
     medians = {name: statistics.median(t for t, _ in runs) for name, runs in results.items()}
-    print(f"weights: {weight_bytes / 1e9:.2f} GB; {args.runs} runs each")
+    print(f"weights: {weight_bytes / 1e9:.2f} GB; {args.runs} runs each; threads: {args.threads or 'default'}")
     print(f"{'':8}{'median s':>10}{'peak RSS GB':>14}{'RSS/weights':>13}")
     for name, runs in results.items():
         peak = max(rss for _, rss in runs)

@@ -1,13 +1,15 @@
-"""Start reading the default checkpoint's weights from disk before the imports that precede loading it.
+"""Read the default checkpoint's weights from disk while the imports that precede loading it run.
 
-A fresh worker spends seconds importing torch, diffusers and transformers, with the disk idle; the
-kernel can read the weight files into the page cache meanwhile (posix_fadvise WILLNEED starts the
-reads and returns). Light on purpose: nothing here imports torch.
+A fresh worker spends seconds importing torch, diffusers and transformers with the disk idle. A
+daemon thread reads the weight files meanwhile (the reads release the GIL), so that loading finds
+them in the page cache. (posix_fadvise WILLNEED was tried first: here it read less than half of
+the file.) Light on purpose: nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from .converted import usable_conversion
@@ -21,14 +23,18 @@ def weight_files(checkpoint: Checkpoint) -> list[Path]:
 
 
 def prefetch_default_checkpoint() -> None:
-    """For the checkpoint Engine.start will load (MODELS_DIR, SD_MODEL); errors are left to it."""
+    """Start reading the files of the checkpoint Engine.start will load (MODELS_DIR, SD_MODEL);
+    errors are left to Engine.start."""
     try:
         checkpoint = default_checkpoint(models_dir_from_env(), os.environ.get("SD_MODEL"))
     except ModelsDirError:
         return
-    for file in weight_files(checkpoint):
-        descriptor = os.open(file, os.O_RDONLY)
-        try:
-            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(descriptor)
+    threading.Thread(target=_read, args=(weight_files(checkpoint),), name="prefetch", daemon=True).start()
+
+
+def _read(files: list[Path]) -> None:
+    buffer = bytearray(1 << 24)
+    for file in files:
+        with file.open("rb", buffering=0) as stream:
+            while stream.readinto(buffer):
+                pass

@@ -174,3 +174,27 @@ def test_default_dtype(monkeypatch):
     assert pick_dtype(cuda, stored=torch.float32) == torch.float16
     monkeypatch.setenv("WORKER_DTYPE", "fp32")
     assert pick_dtype(cpu, stored=torch.float16) == torch.float32
+
+
+def test_prefetch_reads_the_files_the_load_will_read(baked_copy, monkeypatch, tmp_path):
+    import threading
+
+    import engine.prefetch as prefetch
+
+    (checkpoint,) = list_checkpoints(baked_copy)
+    folder = converted_dir(checkpoint)
+    assert prefetch.weight_files(checkpoint) == sorted(folder.rglob("*.safetensors"))
+    read = []
+    monkeypatch.setattr(prefetch, "_read", read.extend)
+    monkeypatch.setenv("MODELS_DIR", str(baked_copy))
+    monkeypatch.setenv("SD_MODEL", NAME)
+    prefetch.prefetch_default_checkpoint()
+    for thread in threading.enumerate():
+        if thread.name == "prefetch":
+            thread.join()
+    assert read == sorted(folder.rglob("*.safetensors"))
+
+    (folder / RECORD_FILE).unlink()  # no current conversion: the single file is what loads
+    assert prefetch.weight_files(checkpoint) == [checkpoint.path]
+    monkeypatch.setenv("MODELS_DIR", str(tmp_path / "empty"))
+    prefetch.prefetch_default_checkpoint()  # nothing to load: Engine.start reports it, not this

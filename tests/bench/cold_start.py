@@ -13,6 +13,8 @@ Prints median seconds and peak RSS of each, and last `cold start: ours/naive = X
 Not a test: it measures this machine, in this run, against baselines measured in the same run.
 `--threads N` sets OMP_NUM_THREADS for all three: on a machine shared with other work, torch's
 threads wait on each other at every operation, which can multiply the time of a generation.
+`--cold-cache` drops the weight files from the page cache before every run (as in a fresh container),
+so each process reads them from disk.
 """
 
 from __future__ import annotations
@@ -89,6 +91,16 @@ def _write_checkpoint(cache: Path) -> Path:
     return raw
 
 
+def evict(models: Path) -> None:
+    """Drop the models directory's weight files from the page cache."""
+    for path in models.rglob("*.safetensors"):
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(descriptor)
+
+
 def run(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
     """(seconds, peak RSS bytes) of a whole child process."""
     start = time.perf_counter()
@@ -105,13 +117,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "a1111-worker-bench")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the measured processes")
+    parser.add_argument("--cold-cache", action="store_true", help="read the weights from disk in every run")
     parser.add_argument("--make-checkpoint", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make_checkpoint:
         return _bake_checkpoint(args.cache)
     checkpoint = make_checkpoint(args.cache)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MODELS_DIR": str(args.cache / "models"), "SD_MODEL": NAME,
-           "PYTHONPATH": str(ROOT), "WORKER_WARMUP": "0", **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+           "PYTHONPATH": str(ROOT), "WORKER_WARMUP": "0"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     job = json.dumps({"input": {"prompt": "a cat", "steps": 1, "width": 64, "height": 64}})
     commands = {
         "floor": [sys.executable, "-c", FLOOR, str(checkpoint)],
@@ -121,10 +136,13 @@ def main() -> None:
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in commands}
     for _ in range(args.runs):
         for name, argv in commands.items():  # interleaved, so drift affects all alike
+            if args.cold_cache:
+                evict(args.cache / "models")
             results[name].append(run(argv, env))
     weight_bytes = checkpoint.stat().st_size
     medians = {name: statistics.median(t for t, _ in runs) for name, runs in results.items()}
-    print(f"weights: {weight_bytes / 1e9:.2f} GB; {args.runs} runs each; threads: {args.threads or 'default'}")
+    print(f"weights: {weight_bytes / 1e9:.2f} GB; {args.runs} runs each; threads: {args.threads or 'default'}"
+          f"{'; page cache dropped before each run' if args.cold_cache else ''}")
     print(f"{'':8}{'median s':>10}{'peak RSS GB':>14}{'RSS/weights':>13}")
     for name, runs in results.items():
         peak = max(rss for _, rss in runs)

@@ -98,4 +98,4 @@ def _assign_weights(module: torch.nn.Module, folder: Path, device: torch.device,
                 tensor = weights.get_tensor(key)
                 state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
     module.load_state_dict(state, strict=True, assign=True)
-    module.eval()
+    module.to(device).eval()  # the buffers (built on the CPU, not in the files) follow the weights

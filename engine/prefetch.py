@@ -33,7 +33,7 @@ def prefetch_default_checkpoint() -> None:
 
 
 def _read(files: list[Path]) -> None:
-    buffer = bytearray(1 << 24)
+    buffer = bytearray(1 << 20)  # small enough to stay in the CPU cache: reading cached files costs little
     for file in files:
         with file.open("rb", buffering=0) as stream:
             while stream.readinto(buffer):

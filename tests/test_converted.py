@@ -92,7 +92,8 @@ def test_converted_load_maps_the_weights_and_gives_the_single_files_images(baked
     assert single_file_loads == []
     folder = converted_dir(checkpoint)
     assert mapped_file(pipe.unet.conv_in.weight) == str(folder / "unet/diffusion_pytorch_model.safetensors")
-    assert mapped_file(pipe.text_encoder.get_input_embeddings().weight) == str(folder / "text_encoder/model.safetensors")
+    embeddings = pipe.text_encoder.get_input_embeddings().weight
+    assert mapped_file(embeddings) == str(folder / "text_encoder/model.safetensors")
     assert type(pipe.scheduler).__name__ == "PNDMScheduler"
     assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
 

@@ -16,14 +16,20 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install "spandrel==0.4.2" "spandrel-extra-arches==0.2.0" "einops==0.8.2" \
         "opencv-python-headless==4.13.0.92"
 
-FROM deps AS bake
+FROM deps AS fetch
 ARG MANIFEST=models.toml
 WORKDIR /build
-# only what the bake step runs: engine changes elsewhere do not invalidate the weights
+# only what fetching runs: engine changes elsewhere never download the weights again
 COPY engine/__init__.py engine/bake.py engine/models_dir.py ./engine/
 COPY ${MANIFEST} ./models.toml
 RUN --mount=type=secret,id=HF_TOKEN,env=HF_TOKEN --mount=type=secret,id=CIVITAI_TOKEN,env=CIVITAI_TOKEN \
-    python -m engine.bake --manifest models.toml --models-dir /models
+    python -m engine.bake --manifest models.toml --models-dir /models --no-convert
+
+FROM fetch AS bake
+# the same bake again, now converting single files into the form that loads fastest (skips the fetched)
+COPY engine/converted.py engine/loading.py engine/ldm_format.py ./engine/
+COPY engine/configs ./engine/configs
+RUN python -m engine.bake --manifest models.toml --models-dir /models
 
 FROM deps AS runtime
 RUN useradd --create-home --uid 10001 worker

@@ -18,6 +18,8 @@ weights only, fp16 weights where the repo has them), `http(s)://` URLs, and loca
 A1111's folders; a sha256 mismatch is an error that keeps no file; a re-run skips what is present.
 Each file's sha256 is recorded in hashes.json (for LoRAs also their "addnet" hash, the one A1111's
 infotext uses), so the worker never hashes weights at start.
+Single-file checkpoints are also converted into the form that loads fastest (engine/converted.py),
+unless a current conversion is there already.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .models_dir import CHECKPOINTS_SUBDIR, HASHES_FILE, file_addnet_hash
+from .models_dir import CHECKPOINTS_SUBDIR, HASHES_FILE, Checkpoint, file_addnet_hash
 
 FOLDERS = {"checkpoints": CHECKPOINTS_SUBDIR, "loras": "Lora", "embeddings": "embeddings", "vaes": "VAE",
            "upscalers": "ESRGAN",  # an upscaler entry may name its A1111 folder (RealESRGAN, SwinIR, ...)
@@ -82,7 +84,7 @@ def _default_name(source: str) -> str:
     return Path(urlparse(source).path).name or Path(source).name
 
 
-def bake(entries: list[Entry], models_dir: Path) -> None:
+def bake(entries: list[Entry], models_dir: Path, convert: bool = True) -> None:
     hashes_path = models_dir / HASHES_FILE
     hashes = json.loads(hashes_path.read_text()) if hashes_path.is_file() else {}
     for entry in entries:
@@ -100,6 +102,11 @@ def bake(entries: list[Entry], models_dir: Path) -> None:
         if entry.kind == "loras" and target.name.endswith(".safetensors"):  # the hash A1111's infotext gives LoRAs
             hashes[entry.relative_path]["addnet"] = file_addnet_hash(target)
         hashes_path.write_text(json.dumps(hashes, indent=2, sort_keys=True))
+    checkpoints = models_dir / CHECKPOINTS_SUBDIR
+    for entry in entries if convert else []:
+        target = models_dir / entry.relative_path
+        if entry.kind == "checkpoints" and target.is_file() and target.is_relative_to(checkpoints):
+            _convert(Checkpoint(target, target.relative_to(checkpoints).as_posix()))
 
 
 def _present(entry: Entry, target: Path, recorded: dict | None) -> bool:
@@ -207,13 +214,41 @@ def _bake_diffusers_repo(repo_id: str, target: Path) -> str:
     return Checkpoint(target, target.name).sha256
 
 
+def _convert(checkpoint: Checkpoint) -> None:
+    """Write the checkpoint's converted form unless a current one is there; a file the worker can't
+    load as a Stable Diffusion checkpoint is left unconverted (the worker reports it at start)."""
+    import torch
+    from safetensors import SafetensorError
+
+    from .converted import usable_conversion, write_conversion
+    from .loading import UnsupportedCheckpoint, load_single_file, stored_dtype
+
+    if usable_conversion(checkpoint):
+        print(f"converted already: {checkpoint.name}")
+        return
+    print(f"converting: {checkpoint.name}")
+    try:
+        dtype = stored_dtype(checkpoint)
+    except SafetensorError as error:
+        print(f"not converted: {checkpoint.name}: not a safetensors file ({error})")
+        return
+    try:
+        pipe = load_single_file(checkpoint, torch.device("cpu"), dtype or torch.float32)
+    except UnsupportedCheckpoint as error:
+        print(f"not converted: {error}")
+        return
+    print(f"converted: {checkpoint.name} -> {write_conversion(checkpoint, pipe)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m engine.bake", description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--models-dir", type=Path, default=Path(os.environ.get("MODELS_DIR", "models")))
+    parser.add_argument("--no-convert", dest="convert", action="store_false",
+                        help="fetch only; a later run without it converts (the Dockerfile's two bake stages)")
     args = parser.parse_args(argv)
     try:
-        bake(read_manifest(args.manifest), args.models_dir)
+        bake(read_manifest(args.manifest), args.models_dir, args.convert)
     except (BakeError, OSError, tomllib.TOMLDecodeError) as error:
         sys.exit(f"error: {error}")
 

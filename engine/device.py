@@ -1,4 +1,5 @@
-"""Device and dtype: CUDA fp16 when present, CPU fp32 otherwise; WORKER_DEVICE / WORKER_DTYPE override."""
+"""Device and dtype: CUDA fp16 when present; on the CPU the weights' own dtype when it is a half
+precision (no fp32 copy of fp16 weights), fp32 otherwise. WORKER_DEVICE / WORKER_DTYPE override."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -15,10 +17,13 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device(name)
 
 
-def pick_dtype(device: torch.device, name: str | None = None) -> torch.dtype:
+def pick_dtype(device: torch.device, name: str | None = None, stored: torch.dtype | None = None) -> torch.dtype:
+    """`stored`: the dtype the default checkpoint's weights are stored in, where known."""
     name = name or os.environ.get("WORKER_DTYPE")
     if name is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.float16
+        return stored if stored in _HALF else torch.float32
     try:
         return _DTYPES[name.lower()]
     except KeyError:

@@ -25,7 +25,7 @@ from .extras import Extras, extras
 from .face_restoration import FaceRestorer, FaceRestorers, face_restoration_model
 from .generation import Generation
 from .img2img import img2img
-from .loading import load_pipeline
+from .loading import load_pipeline, stored_dtype
 from .lora import LoraLibrary
 from .model import LoadedModel
 from .models_dir import Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints, models_dir_from_env
@@ -58,8 +58,8 @@ class Engine:
         checkpoint = default_checkpoint(models_dir, sd_model or os.environ.get("SD_MODEL"))
         torch_device = pick_device(device)
         max_models = int(os.environ.get("WORKER_MAX_MODELS", "2"))
-        engine = cls(models_dir, checkpoint, torch_device, pick_dtype(torch_device, dtype), max_models,
-                     tile_from_env())
+        torch_dtype = pick_dtype(torch_device, dtype, stored_dtype(checkpoint))
+        engine = cls(models_dir, checkpoint, torch_device, torch_dtype, max_models, tile_from_env())
         if os.environ.get("WORKER_WARMUP", "1" if torch_device.type == "cuda" else "0") == "1":
             engine.warm_up()
         return engine

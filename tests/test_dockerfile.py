@@ -34,12 +34,18 @@ def test_hadolint_passes():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_bake_stage_runs_the_tested_bake_command_on_bake_code_only():
-    bake = stages()["bake"]
-    assert any(line.startswith("RUN ") and "python -m engine.bake --manifest models.toml --models-dir /models" in line
-               for line in bake)
-    copied = [line for line in bake if line.startswith("COPY ")]
-    assert all("schemas" not in line and "handler" not in line and "COPY engine " not in line for line in copied)
+def test_bake_stages_run_the_tested_bake_command_on_bake_code_only():
+    """fetch downloads with the fetching code alone (engine changes never download again); bake, built
+    on it, converts with the loading code too."""
+    command = "python -m engine.bake --manifest models.toml --models-dir /models"
+    fetch, bake = stages()["fetch"], stages()["bake"]
+    assert any(line.startswith("RUN ") and line.endswith(command + " --no-convert") for line in fetch)
+    assert any(line.startswith("RUN ") and line.endswith(command) for line in bake)
+    copied = {name for line in fetch + bake if line.startswith("COPY ") and "MANIFEST" not in line
+              for name in line.split()[1:-1]}
+    assert {name for line in fetch if line.startswith("COPY engine") for name in line.split()[1:-1]} == {
+        "engine/__init__.py", "engine/bake.py", "engine/models_dir.py"}
+    assert all(name.startswith("engine/") and name != "engine" for name in copied)
 
 
 def test_runtime_copies_weights_before_code_and_runs_offline_as_non_root():

@@ -1,14 +1,20 @@
 """Cold-start benchmark: whole processes, interleaved, each measured from start to result.
 
-    python tests/bench/cold_start.py [--runs 3] [--cache DIR]      (make bench-cold)
+    python tests/bench/cold_start.py [--runs 3] [--cache DIR] [--threads N]      (make bench-cold)
 
-Creates once (cached) an SD 1.5-size checkpoint with random weights (fp16 safetensors, ~2 GB), then
-times, at least `--runs` times each, interleaved:
+Creates once (cached) an SD 1.5-size checkpoint with random weights (fp16 safetensors, ~2 GB) and
+bakes it into a models directory as the image build does (`engine.bake`: hash recorded, single file
+converted into the form that loads fastest; redone, untimed, when the conversion is missing or stale),
+then times, at least `--runs` times each, interleaved:
 - floor: import torch and read every weight byte once;
 - naive: a plain diffusers script (import the pipeline, load the checkpoint, one 1-step 64x64 image);
 - ours:  `python -m handler --test_input` with a 1-step 64x64 request, start to job result.
 Prints median seconds and peak RSS of each, and last `cold start: ours/naive = X.XX, ours/floor = Y.YY`.
 Not a test: it measures this machine, in this run, against baselines measured in the same run.
+`--threads N` sets OMP_NUM_THREADS for all three: on a machine shared with other work, torch's
+threads wait on each other at every operation, which can multiply the time of a generation.
+`--cold-cache` drops the weight files from the page cache before every run (as in a fresh container),
+so each process reads them from disk.
 """
 
 from __future__ import annotations
@@ -48,14 +54,23 @@ def make_checkpoint(cache: Path) -> Path:
     """The full SD 1.5 architecture with random weights in the A1111 single-file layout, baked (as the
     image is) into cache/models. Run in a child process, so this process stays small: children
     forked from a big parent would report its memory as their peak RSS."""
-    path = cache / "models" / "Stable-diffusion" / NAME
-    if not path.exists():
-        subprocess.run([sys.executable, __file__, "--make-checkpoint", "--cache", str(cache)], cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
-    return path
+    subprocess.run([sys.executable, __file__, "--make-checkpoint", "--cache", str(cache)], cwd=ROOT,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    return cache / "models" / "Stable-diffusion" / NAME
 
 
-def _write_checkpoint(cache: Path) -> None:
+def _bake_checkpoint(cache: Path) -> None:
+    """Write the checkpoint unless it is there, then bake it (a re-run only converts what is stale)."""
+    from engine.bake import Entry, bake
+
+    baked = cache / "models" / "Stable-diffusion" / NAME
+    source = baked if baked.exists() else _write_checkpoint(cache)
+    bake([Entry("checkpoints", str(source), NAME)], cache / "models")  # records the hash, converts
+    if source != baked:
+        source.unlink()
+
+
+def _write_checkpoint(cache: Path) -> Path:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
@@ -69,14 +84,21 @@ def _write_checkpoint(cache: Path) -> None:
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config / "unet"))
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config / "vae"))
     text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder"))
-    from engine.bake import Entry, bake
-
     weights = {k: v.half() for k, v in to_single_file(unet, vae, text_encoder).items()}
     raw = cache / NAME
     cache.mkdir(parents=True, exist_ok=True)
     save_file(weights, raw, metadata={"format": "pt"})
-    bake([Entry("checkpoints", str(raw), NAME)], cache / "models")  # records the hash, as in the image
-    raw.unlink()
+    return raw
+
+
+def evict(models: Path) -> None:
+    """Drop the models directory's weight files from the page cache."""
+    for path in models.rglob("*.safetensors"):
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(descriptor)
 
 
 def run(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
@@ -94,13 +116,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "a1111-worker-bench")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the measured processes")
+    parser.add_argument("--cold-cache", action="store_true", help="read the weights from disk in every run")
     parser.add_argument("--make-checkpoint", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make_checkpoint:
-        return _write_checkpoint(args.cache)
+        return _bake_checkpoint(args.cache)
     checkpoint = make_checkpoint(args.cache)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MODELS_DIR": str(args.cache / "models"), "SD_MODEL": NAME,
            "PYTHONPATH": str(ROOT), "WORKER_WARMUP": "0"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     job = json.dumps({"input": {"prompt": "a cat", "steps": 1, "width": 64, "height": 64}})
     commands = {
         "floor": [sys.executable, "-c", FLOOR, str(checkpoint)],
@@ -110,10 +136,13 @@ def main() -> None:
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in commands}
     for _ in range(args.runs):
         for name, argv in commands.items():  # interleaved, so drift affects all alike
+            if args.cold_cache:
+                evict(args.cache / "models")
             results[name].append(run(argv, env))
     weight_bytes = checkpoint.stat().st_size
     medians = {name: statistics.median(t for t, _ in runs) for name, runs in results.items()}
-    print(f"weights: {weight_bytes / 1e9:.2f} GB; {args.runs} runs each")
+    print(f"weights: {weight_bytes / 1e9:.2f} GB; {args.runs} runs each; threads: {args.threads or 'default'}"
+          f"{'; page cache dropped before each run' if args.cold_cache else ''}")
     print(f"{'':8}{'median s':>10}{'peak RSS GB':>14}{'RSS/weights':>13}")
     for name, runs in results.items():
         peak = max(rss for _, rss in runs)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from schemas import GenerationRequest, Options, RequestError
 
-from .models_dir import list_files
+from .models_dir import describe_error, list_files
 from .upscalers import WEIGHT_SUFFIXES, load_descriptor
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ class FaceRestorers:
                                                                       SCORE_THRESHOLD, NMS_THRESHOLD)
             except Exception as error:  # cv2.error for a file OpenCV can't read as a YuNet model
                 raise RequestError(field, f"the face detector {DETECTOR_FILE} can't be loaded: "
-                                          f"{str(error).strip().splitlines()[-1]}") from None
+                                          f"{describe_error(error)}") from None
         return self._detector
 
     def unload(self) -> None:

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from schemas import RequestError
 from schemas.extra_networks import LoraTag
 
-from .models_dir import addnet_hash, list_files
+from .models_dir import addnet_hash, describe_error, list_files
 
 LORA_SUBDIR = "Lora"
 LORA_SUFFIX = ".safetensors"
@@ -189,7 +189,7 @@ class LoraAdapters:
         except Exception as error:  # the loaders raise many kinds; any of them means a bad file
             self._delete(name)
             raise RequestError(field, f"LoRA {lora.name!r} ({lora.path}) could not be loaded: "
-                                      f"{_one_line(error)}") from None
+                                      f"{describe_error(error)}") from None
         listed = self.pipe.get_list_adapters()
         components = tuple(c for c in COMPONENTS if name in listed.get(c, ()))
         if not components:
@@ -207,11 +207,6 @@ def lora_hashes(applied: Iterable[tuple[LoraTag, LoraFile]]) -> str:
     """The infotext's `Lora hashes` value: "name: hash, ..." with the names as the prompt wrote them."""
     entries = {f"{tag.name.replace(':', '').replace(',', '')}: {lora.short_hash}": None for tag, lora in applied}
     return ", ".join(entries)
-
-
-def _one_line(error: Exception, limit: int = 300) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import InitVar, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 
 from .conditioning import PromptEncoder
 from .embeddings import Embeddings
+from .loading import components_config_dir
 from .lora import LoraAdapters, LoraLibrary
 from .models_dir import Checkpoint
 
@@ -28,6 +30,7 @@ class LoadedModel:
     lora_library: InitVar[LoraLibrary]  # the LoRA files its prompts may name
     embeddings: Embeddings = field(default_factory=Embeddings)  # textual inversions its prompts may use
     scheduler_config: dict = field(init=False)  # the checkpoint's own noise schedule
+    config_dir: Path = field(init=False)  # its components' configs (vae/config.json, ...), read once
     encoder: PromptEncoder = field(init=False)
     loras: LoraAdapters = field(init=False)
     own_vae: AutoencoderKL = field(init=False)  # the checkpoint's VAE, used while vae_file is None
@@ -35,6 +38,7 @@ class LoadedModel:
 
     def __post_init__(self, lora_library: LoraLibrary):
         self.scheduler_config = dict(self.pipe.scheduler.config)
+        self.config_dir = components_config_dir(self.checkpoint)
         self.encoder = PromptEncoder(self.pipe.tokenizer, self.pipe.text_encoder, self.embeddings)
         self.loras = LoraAdapters(self.pipe, self.encoder, lora_library)
         self.own_vae = self.pipe.vae

@@ -135,8 +135,7 @@ class Engine:
         known = {key: value for key, value in values.items() if key in Options.model_fields}
         options = self.options.merged(known)
         checkpoint = self.find_checkpoint(options.sd_model_checkpoint, "sd_model_checkpoint")
-        self.model_for(checkpoint)
-        self.vaes.find(options.sd_vae, checkpoint, "sd_vae")  # validated and loaded; generations apply it
+        self.vaes.find(options.sd_vae, self.model_for(checkpoint), "sd_vae")  # validated and loaded; generations apply it
         self.options = options.model_copy(update={"sd_model_checkpoint": checkpoint.title})
 
     def refresh_checkpoints(self) -> None:

@@ -22,7 +22,6 @@ from diffusers import AutoencoderKL
 
 from schemas import RequestError
 
-from .loading import components_config_dir
 from .models_dir import CHECKPOINTS_SUBDIR, Checkpoint, describe_error, list_files, sha256_of
 
 if TYPE_CHECKING:
@@ -79,12 +78,12 @@ class Vaes:
 
     def apply(self, model: LoadedModel, option: str, field: str) -> None:
         """Make `model` decode and encode with the VAE the sd_vae value `option` names (given in `field`)."""
-        model.use_vae(*self.find(option, model.checkpoint, field))
+        model.use_vae(*self.find(option, model, field))
 
-    def find(self, option: str, checkpoint: Checkpoint, field: str) -> tuple[VaeFile | None, AutoencoderKL | None]:
-        """The VAE file `option` names for `checkpoint`, loaded; (None, None) for the checkpoint's own."""
-        file = self.resolve(option, checkpoint, field)
-        return (file, self._load(file, checkpoint, field)) if file else (None, None)
+    def find(self, option: str, model: LoadedModel, field: str) -> tuple[VaeFile | None, AutoencoderKL | None]:
+        """The VAE file `option` names for `model`'s checkpoint, loaded; (None, None) for the checkpoint's own."""
+        file = self.resolve(option, model.checkpoint, field)
+        return (file, self._load(file, model, field)) if file else (None, None)
 
     def resolve(self, option: str, checkpoint: Checkpoint, field: str) -> VaeFile | None:
         """The VAE file for `checkpoint`; None for the checkpoint's own."""
@@ -100,8 +99,8 @@ class Vaes:
                                       f"{', '.join([AUTOMATIC, NONE, *self.files])}")
         return self.files[option]
 
-    def _load(self, file: VaeFile, checkpoint: Checkpoint, field: str) -> AutoencoderKL:
-        config = components_config_dir(checkpoint)
+    def _load(self, file: VaeFile, model: LoadedModel, field: str) -> AutoencoderKL:
+        config, checkpoint = model.config_dir, model.checkpoint
         key = (file.path, config)
         if key in self._loaded:
             self._loaded.move_to_end(key)

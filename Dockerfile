@@ -39,7 +39,9 @@ COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY engine ./engine
 COPY handler ./handler
-RUN pip install --no-deps .
+# the command runs this copy (the working directory comes first on sys.path), as a user that can't
+# write __pycache__ here: compiled now, or every start would compile the sources again
+RUN pip install --no-deps . && python -m compileall -q schemas engine handler
 USER 10001
 ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MODELS_DIR=/models
 # RunPod serverless; on Lambda-style HTTP platforms use: python -m handler.http --host 0.0.0.0 --port 7860

@@ -1,19 +1,32 @@
 """Read the default checkpoint's weights from disk while the imports that precede loading it run.
 
 A fresh worker spends seconds importing torch, diffusers and transformers with the disk idle. A
-daemon thread reads the weight files meanwhile (the reads release the GIL), so that loading finds
-them in the page cache. (posix_fadvise WILLNEED was tried first: here it read less than half of
-the file.) Light on purpose: nothing here imports torch.
+child process reads the weight files meanwhile, so that loading finds them in the page cache. A
+process, not a thread: a reading thread takes the GIL back after every read, which slowed the
+imports beside it by more than it saved (posix_fadvise WILLNEED, tried too, read less than half of
+the file here). Light on purpose: nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 from .converted import usable_conversion
 from .models_dir import Checkpoint, ModelsDirError, default_checkpoint, models_dir_from_env
+
+# 1 MiB reads: the buffer stays in the CPU cache, so files already cached cost little to read again
+_READER = """
+import sys
+buffer = bytearray(1 << 20)
+for name in sys.argv[1:]:
+    with open(name, "rb", buffering=0) as stream:
+        while stream.readinto(buffer):
+            pass
+"""
 
 
 def weight_files(checkpoint: Checkpoint) -> list[Path]:
@@ -22,19 +35,15 @@ def weight_files(checkpoint: Checkpoint) -> list[Path]:
     return sorted(folder.rglob("*.safetensors")) if folder.is_dir() else [folder]
 
 
-def prefetch_default_checkpoint() -> None:
-    """Start reading the files of the checkpoint Engine.start will load (MODELS_DIR, SD_MODEL);
-    errors are left to Engine.start."""
+def prefetch_default_checkpoint() -> subprocess.Popen | None:
+    """Start reading the files of the checkpoint Engine.start will load (MODELS_DIR, SD_MODEL), in a
+    child process that a daemon thread reaps; None when there is nothing to read (Engine.start
+    reports why)."""
     try:
         checkpoint = default_checkpoint(models_dir_from_env(), os.environ.get("SD_MODEL"))
     except ModelsDirError:
-        return
-    threading.Thread(target=_read, args=(weight_files(checkpoint),), name="prefetch", daemon=True).start()
-
-
-def _read(files: list[Path]) -> None:
-    buffer = bytearray(1 << 20)  # small enough to stay in the CPU cache: reading cached files costs little
-    for file in files:
-        with file.open("rb", buffering=0) as stream:
-            while stream.readinto(buffer):
-                pass
+        return None
+    reader = subprocess.Popen([sys.executable, "-I", "-S", "-c", _READER, *map(str, weight_files(checkpoint))],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    threading.Thread(target=reader.wait, name="prefetch", daemon=True).start()
+    return reader

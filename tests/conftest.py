@@ -14,6 +14,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers / transformers / huggingf
 import base64
 import io
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +130,44 @@ def read_parameters():
 def worker_env():
     """subprocess_env(models_dir, **extra): the environment for `python -m handler ...` subprocesses."""
     return subprocess_env
+
+
+@pytest.fixture(scope="module")
+def server_process(tmp_path_factory):
+    """start(args, models_dir): runs `python -m <args>` (a server; "{port}" in args becomes a free
+    loopback port) with the worker's environment, waits until it listens and returns its base URL.
+    Every one is stopped at the end of the module."""
+    processes = []
+
+    def start(args: list[str], models_dir: Path, timeout: float = 240) -> str:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        log = tmp_path_factory.mktemp("server") / "server.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen([sys.executable, "-m", *(a.format(port=port) for a in args)], cwd=REPO_ROOT,
+                                       env=subprocess_env(models_dir), stdout=out, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL)
+        processes.append(process)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"{args[0]} exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return f"http://127.0.0.1:{port}"
+            except OSError:
+                time.sleep(0.5)
+        pytest.fail(f"{args[0]} did not listen within {timeout} s:\n{log.read_text(errors='replace')[-3000:]}")
+
+    yield start
+    for process in processes:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
 
 
 # ---------------------------------------------------------------- upscalers (extras, hires fix)

@@ -178,24 +178,19 @@ def test_default_dtype(monkeypatch):
 
 
 def test_prefetch_reads_the_files_the_load_will_read(baked_copy, monkeypatch, tmp_path):
-    import threading
-
     import engine.prefetch as prefetch
 
     (checkpoint,) = list_checkpoints(baked_copy)
     folder = converted_dir(checkpoint)
-    assert prefetch.weight_files(checkpoint) == sorted(folder.rglob("*.safetensors"))
-    read = []
-    monkeypatch.setattr(prefetch, "_read", read.extend)
+    files = sorted(folder.rglob("*.safetensors"))
+    assert prefetch.weight_files(checkpoint) == files
     monkeypatch.setenv("MODELS_DIR", str(baked_copy))
     monkeypatch.setenv("SD_MODEL", NAME)
-    prefetch.prefetch_default_checkpoint()
-    for thread in threading.enumerate():
-        if thread.name == "prefetch":
-            thread.join()
-    assert read == sorted(folder.rglob("*.safetensors"))
+    reader = prefetch.prefetch_default_checkpoint()
+    assert reader.args[-len(files):] == [str(f) for f in files]
+    assert reader.wait(timeout=60) == 0  # read them all, without an error
 
     (folder / RECORD_FILE).unlink()  # no current conversion: the single file is what loads
     assert prefetch.weight_files(checkpoint) == [checkpoint.path]
     monkeypatch.setenv("MODELS_DIR", str(tmp_path / "empty"))
-    prefetch.prefetch_default_checkpoint()  # nothing to load: Engine.start reports it, not this
+    assert prefetch.prefetch_default_checkpoint() is None  # nothing to load: Engine.start reports it

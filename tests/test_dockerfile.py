@@ -57,6 +57,16 @@ def test_runtime_copies_weights_before_code_and_runs_offline_as_non_root():
     assert runtime[-1] == 'CMD ["python", "-m", "handler"]'
 
 
+def test_runtime_ships_the_code_it_runs_compiled():
+    """The worker user can't write __pycache__ in /app: without bytecode built in the image, every start
+    would compile the sources again."""
+    runtime = stages()["runtime"]
+    copied = {line.split()[1] for line in runtime if re.match(r"COPY (schemas|engine|handler) ", line)}
+    compiled = next(line for line in runtime if "compileall" in line)
+    assert copied == {"schemas", "engine", "handler"} and copied <= set(compiled.split())
+    assert runtime.index(compiled) < runtime.index("USER 10001")
+
+
 def test_dependencies_are_pinned_and_the_manifest_parses():
     constraints = (ROOT / "docker" / "constraints.txt").read_text().splitlines()
     pinned = {line.split("==")[0].lower() for line in constraints if "==" in line}

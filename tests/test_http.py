@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +16,10 @@ import uvicorn
 import webuiapi
 from PIL import Image
 
-from handler.http import create_app, parse_credentials
+from conftest import REPO_ROOT, subprocess_env
+from handler.http.__main__ import main as http_main
+from handler.http.__main__ import parse_credentials
+from handler.http.app import create_app
 from handler.worker import make_handler
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
@@ -185,9 +190,33 @@ def test_bearer_tokens(serve):
     assert requests.get(url, headers={"Authorization": "Bearer token-one"}, timeout=10).status_code == 200
 
 
-def test_api_auth_format_is_checked():
-    with pytest.raises(ValueError, match="user:password"):
-        parse_credentials("just-a-user")
+def test_api_auth_format_is_checked_before_the_model_loads(capsys, monkeypatch):
+    monkeypatch.setenv("MODELS_DIR", "/nonexistent")  # a start would fail differently
+    with pytest.raises(SystemExit) as exit_info:
+        http_main(["--api-auth", "alice:pw,just-a-user"])
+    assert exit_info.value.code == 2
+    assert "argument --api-auth: expected user:password, got 'just-a-user'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the image's HTTP command, as a process
+
+def test_http_command_serves_the_api(server_process, models_dir):
+    """`python -m handler.http`, the command Lambda-style platforms run the image with (README)."""
+    base = server_process(["handler.http", "--host", "127.0.0.1", "--port", "{port}"], models_dir)
+    response = requests.post(api(base) + "txt2img", json={"prompt": "a lighthouse", "seed": 3, **SMALL}, timeout=300)
+    assert response.status_code == 200, response.text[:500]
+    (image,) = response.json()["images"]
+    assert Image.open(io.BytesIO(base64.b64decode(image))).size == (64, 64)
+    assert "Seed: 3," in response.json()["info"]
+    assert requests.post(api(base) + "txt2img", json={"width": 65}, timeout=60).status_code == 422
+
+
+def test_http_command_without_checkpoints_exits_with_a_clear_message(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "handler.http", "--port", "0"], cwd=REPO_ROOT,
+                            env=subprocess_env(tmp_path / "empty"), capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    assert "Stable-diffusion" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("method, endpoint", [("GET", "sd-models"), ("GET", "samplers"), ("GET", "options"),

@@ -7,10 +7,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -183,51 +181,18 @@ def test_engine_failure_is_an_internal_error_and_the_worker_goes_on(engine, monk
 
 # ---------------------------------------------------------------- the real worker over HTTP
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"worker exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"worker did not listen on {port} within {timeout} s:\n{log.read_text(errors='replace')[-3000:]}")
-
-
 @pytest.fixture(scope="module")
-def runsync(models_dir, tmp_path_factory, worker_env):
-    """POST /runsync on `python -m handler --rp_serve_api` (RunPod's local API), killed afterwards."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [PYTHON, "-m", "handler", "--rp_serve_api", "--rp_api_port", str(port), "--rp_api_host", "127.0.0.1"],
-            cwd=REPO_ROOT, env=worker_env(models_dir), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL)
-    try:
-        _wait_for_port(port, process, log)
+def runsync(models_dir, server_process):
+    """POST /runsync on `python -m handler --rp_serve_api` (RunPod's local API)."""
+    base = server_process(["handler", "--rp_serve_api", "--rp_api_port", "{port}", "--rp_api_host", "127.0.0.1"],
+                          models_dir)
 
-        def post(job_input) -> dict:
-            response = requests.post(f"http://127.0.0.1:{port}/runsync", json={"input": job_input}, timeout=300)
-            assert response.status_code == 200, response.text[:500]
-            return response.json()
+    def post(job_input) -> dict:
+        response = requests.post(f"{base}/runsync", json={"input": job_input}, timeout=300)
+        assert response.status_code == 200, response.text[:500]
+        return response.json()
 
-        yield post
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
+    return post
 
 
 @pytest.fixture
@@ -291,6 +256,32 @@ def test_worker_without_checkpoints_exits_with_a_clear_message(tmp_path, worker_
     assert result.returncode != 0
     assert "Stable-diffusion" in output
     assert "Traceback" not in output
+
+
+# libraries a txt2img job on the RunPod worker never needs: S3 delivery, the HTTP server, upscalers,
+# face restoration. boto3 is made unimportable: accelerate (which transformers and diffusers import)
+# imports it whenever it is installed, so the run shows that nothing of ours needs it.
+NOT_ON_THE_START_PATH = ("boto3", "botocore", "fastapi", "uvicorn", "starlette", "spandrel", "cv2")
+_REPORT_MODULES_AT_EXIT = """
+import atexit, runpy, sys
+sys.modules["boto3"] = None
+atexit.register(lambda: print("MODULES", *sorted(sys.modules)))
+sys.argv = ["handler", "--test_input", sys.argv[1]]
+runpy.run_module("handler", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_worker_start_and_first_job_import_only_what_they_need(models_dir, worker_env):
+    job = json.dumps({"input": {"prompt": "a cat", **SMALL}})
+    result = subprocess.run([PYTHON, "-c", _REPORT_MODULES_AT_EXIT, job], cwd=REPO_ROOT, env=worker_env(models_dir),
+                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "completed successfully" in result.stdout
+    modules = next(line for line in result.stdout.splitlines() if line.startswith("MODULES ")).split()[1:]
+    assert "torch" in modules and "runpod.serverless" in modules  # the report is real
+    assert [m for m in modules if m.split(".")[0] in NOT_ON_THE_START_PATH] == ["boto3"]  # None: blocked
+    pipelines = {m.split(".")[2] for m in modules if m.startswith("diffusers.pipelines.") and m.count(".") >= 3}
+    assert pipelines <= {"stable_diffusion", "pipeline_utils", "pipeline_loading_utils"}, pipelines
 
 
 def test_local_runner_writes_pngs_and_prints_their_paths(models_dir, tmp_path, worker_env, read_parameters):

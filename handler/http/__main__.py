@@ -1,34 +1,40 @@
 """`python -m handler.http --host 127.0.0.1 --port 7860 [--api-auth user:pass[,user2:pass2]]`
 
 Bearer tokens (as hosted A1111 endpoints use them) come from API_TOKENS (comma-separated).
+The same image as the RunPod worker serves this, with this as its command.
 """
 
 import argparse
 import os
-import sys
 
-import uvicorn
+from ..startup import start_engine
 
-from engine.loading import UnsupportedCheckpoint
-from engine.models_dir import ModelsDirError
-from engine.runtime import Engine
 
-from . import create_app, parse_credentials
+def parse_credentials(api_auth: str) -> list[tuple[str, str]]:
+    """`--api-auth user:pass[,user2:pass2]` as (user, password) pairs."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in api_auth.split(","))):
+        user, sep, password = item.partition(":")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected user:password, got {item!r}")
+        pairs.append((user, password))
+    return pairs
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m handler.http", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--api-auth", help="HTTP Basic credentials, user:pass[,user2:pass2]")
+    parser.add_argument("--api-auth", type=parse_credentials, default=[],
+                        help="HTTP Basic credentials, user:pass[,user2:pass2]")
     args = parser.parse_args(argv)
-    try:
-        credentials = parse_credentials(args.api_auth)
-        engine = Engine.start()
-    except (ValueError, ModelsDirError, UnsupportedCheckpoint) as error:
-        sys.exit(f"error: {error}")
+    engine = start_engine(beside=("fastapi", "uvicorn"))
+    import uvicorn  # imported by now
+
+    from .app import create_app
+
     tokens = [t.strip() for t in os.environ.get("API_TOKENS", "").split(",") if t.strip()]
-    uvicorn.run(create_app(engine, credentials, tokens), host=args.host, port=args.port)
+    uvicorn.run(create_app(engine, args.api_auth, tokens), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,13 @@ def png_parameters(data: str | bytes | Image.Image) -> str | None:
     return text.get("parameters", image.info.get("parameters"))
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (the OS's choice)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def subprocess_env(models_dir: Path | None = None, **extra: str) -> dict[str, str]:
     """The environment for `python -m ...` subprocesses: offline, CPU, this source tree importable."""
     env = {k: v for k, v in os.environ.items() if k not in ("SD_MODEL", "RUNPOD_WEBHOOK_GET_JOB")}
@@ -140,9 +147,7 @@ def server_process(tmp_path_factory):
     processes = []
 
     def start(args: list[str], models_dir: Path, timeout: float = 240) -> str:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         log = tmp_path_factory.mktemp("server") / "server.log"
         with log.open("wb") as out:
             process = subprocess.Popen([sys.executable, "-m", *(a.format(port=port) for a in args)], cwd=REPO_ROOT,

@@ -16,17 +16,12 @@ import pytest
 import requests
 from PIL import Image
 
+from conftest import free_port
 from engine.images import read_infotext
 from handler.worker import make_handler
 
 BODY = {"prompt": "a blue door", "steps": 2, "width": 64, "height": 64, "seed": 3}
 SETUP_CALLS = 3  # create user, access key, policy: then an auth-enforcing moto checks every signature
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -38,7 +33,7 @@ def moto_server(enforce_auth: bool):
     """
     import boto3
 
-    port = _free_port()
+    port = free_port()
     env = {"PATH": "", "AWS_ACCESS_KEY_ID": "setup", "AWS_SECRET_ACCESS_KEY": "setup"}
     if enforce_auth:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(SETUP_CALLS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ import uvicorn
 import webuiapi
 from PIL import Image
 
-from conftest import REPO_ROOT, subprocess_env
+from conftest import REPO_ROOT, free_port, subprocess_env
 from handler.http.__main__ import main as http_main
 from handler.http.__main__ import parse_credentials
 from handler.http.app import create_app
@@ -31,9 +30,7 @@ def serve(engine):
     servers = []
 
     def start(credentials=(), tokens=()) -> str:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(engine, credentials, tokens), host="127.0.0.1",
                                                port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)

@@ -117,6 +117,11 @@ class PromptEncoder:
         return self._cache[key]
 
     @property
+    def layer_count(self) -> int:
+        """The text encoder's transformer layers: the deepest clip skip it allows."""
+        return self.text_encoder.config.num_hidden_layers
+
+    @property
     def embedding_width(self) -> int:
         """The width of the text encoder's token embeddings, which an embedding's vectors must have."""
         return self.text_encoder.get_input_embeddings().embedding_dim

@@ -18,7 +18,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from schemas import ExtrasRequest, Options, RequestError
-from schemas.extras import MAX_EXTRAS_SIDE
+from schemas.limits import MAX_EXTRAS_SIDE
 
 from .face_restoration import FaceRestorer, FaceRestorers
 from .images import INFOTEXT_CHUNK, EncodedImage, encode_image, read_infotext

@@ -24,6 +24,7 @@ from PIL import Image
 
 from schemas import GenerationRequest, Options, RequestError
 
+from .faults import reraise_server_fault
 from .models_dir import describe_error, list_files
 from .upscalers import WEIGHT_SUFFIXES, load_descriptor
 
@@ -197,6 +198,7 @@ class FaceRestorers:
                 self._detector = _import_cv2().FaceDetectorYN.create(str(path), "", (FACE_SIZE, FACE_SIZE),
                                                                       SCORE_THRESHOLD, NMS_THRESHOLD)
             except Exception as error:  # cv2.error for a file OpenCV can't read as a YuNet model
+                reraise_server_fault(error)
                 raise RequestError(field, f"the face detector {DETECTOR_FILE} can't be loaded: "
                                           f"{describe_error(error)}") from None
         return self._detector

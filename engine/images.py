@@ -11,24 +11,40 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from schemas import RequestError
+from schemas.limits import MAX_INPUT_PIXELS
 
 INFOTEXT_CHUNK = "parameters"
 _DATA_URI_MARK = ";base64,"
+_NOT_AN_IMAGE = "not a base64-encoded PNG, JPEG or WebP image"
 # EXIF UserComment starts with an 8-byte character code (EXIF 2.3, 4.6.5)
 _UNICODE = b"UNICODE\0"
 _USER_COMMENT_CODES = {_UNICODE: "utf-16-be", b"ASCII\0\0\0": "ascii", b"\0" * 8: "utf-8"}
 
 
 def decode_image(data: str, field: str) -> Image.Image:
-    """A request image: raw base64 or a data URI, PNG / JPEG / WebP, EXIF orientation applied."""
+    """A request image: raw base64 or a data URI, PNG / JPEG / WebP, EXIF orientation applied. Its size is
+    read from the header and checked against MAX_INPUT_PIXELS before the pixels are decoded."""
     if data.startswith("data:") and _DATA_URI_MARK in data:
         data = data.split(_DATA_URI_MARK, 1)[1]
     try:
         image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
-        image.load()
+    except Image.DecompressionBombError:  # PIL's own limit: the header declares a huge image
+        raise RequestError(field, f"the image has more than {MAX_INPUT_PIXELS} pixels (WORKER_MAX_INPUT_PIXELS)") \
+            from None
     except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
-        raise RequestError(field, "not a base64-encoded PNG, JPEG or WebP image") from None
-    return ImageOps.exif_transpose(image, in_place=False) or image
+        raise RequestError(field, _NOT_AN_IMAGE) from None
+    _check_pixels(image.width, image.height, field)
+    try:
+        image.load()
+        return ImageOps.exif_transpose(image, in_place=False) or image
+    except (ValueError, OSError, SyntaxError):  # truncated or corrupt pixel data or EXIF
+        raise RequestError(field, _NOT_AN_IMAGE) from None
+
+
+def _check_pixels(width: int, height: int, field: str) -> None:
+    if width * height > MAX_INPUT_PIXELS:
+        raise RequestError(field, f"the image is {width}x{height}, over the limit of {MAX_INPUT_PIXELS} pixels "
+                                  "(WORKER_MAX_INPUT_PIXELS)")
 
 
 @dataclass(frozen=True)

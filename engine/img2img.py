@@ -33,7 +33,7 @@ FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = range(4)
 
 @dataclass
 class MaskPlan:
-    """How a request's mask applies to every init image (they share one mask)."""
+    """How a request's mask applies to the init images of one size (the mask is fitted to each size)."""
 
     repaint: Image.Image  # "L" at width x height: what is repainted, in the generated frame
     overlay: Image.Image  # "L" at the output size: where generated pixels replace the original
@@ -44,15 +44,15 @@ def img2img(model: LoadedModel, request: Img2ImgRequest, options: Options,
             init_images: list[Image.Image], mask: Image.Image | None, progress: Progress | None = None,
             faces: FaceRestorer | None = None) -> Generation:
     job = Job(model, request, options, progress, faces)
-    plan = _plan_mask(request, mask, init_images[0].size) if mask is not None else None
-    _add_params(job, request, plan)
+    plans = {image.size: _plan_mask(request, mask, image.size) for image in init_images} if mask is not None else {}
+    _add_params(job, request, plans.get(init_images[0].size))
     count = len(job.all_seeds)
     sources = [init_images[i % len(init_images)].convert("RGB") for i in range(count)]  # A1111 cycles them
     images: list[Image.Image] = []
     with tiled(model.unet, model.vae, enabled=bool(request.tiling)):
         for seeds, subseeds in job.batches():
-            batch = sources[len(images):len(images) + len(seeds)]
-            images += _generate(job, request, options, batch, plan, seeds, subseeds)
+            batch = [(image, plans.get(image.size)) for image in sources[len(images):len(images) + len(seeds)]]
+            images += _generate(job, request, options, batch, seeds, subseeds)
     return job.result(images)
 
 
@@ -87,19 +87,21 @@ def _frame(request: Img2ImgRequest, image: Image.Image, plan: MaskPlan | None) -
     return resized, resized
 
 
-def _generate(job: Job, request: Img2ImgRequest, options: Options, sources: list[Image.Image],
-              plan: MaskPlan | None, seeds: list[int], subseeds: list[int]) -> list[Image.Image]:
+def _generate(job: Job, request: Img2ImgRequest, options: Options, sources: list[tuple[Image.Image, MaskPlan | None]],
+              seeds: list[int], subseeds: list[int]) -> list[Image.Image]:
+    """One batch: each source image with its mask plan (all None without a mask)."""
     model = job.model
-    frames = [_frame(request, image, plan) for image in sources]
+    plans = [plan for _, plan in sources]
+    frames = [_frame(request, image, plan) for image, plan in sources]
     encoded = [image_ops.fill_masked(work, plan.repaint) if plan and request.inpainting_fill == FILL else work
-               for _, work in frames]
+               for (_, work), plan in zip(frames, plans)]
     init = model.encode_images(encoded)
     latent_size = (request.height // model.scale_factor, request.width // model.scale_factor)
     if init.shape[-2:] != latent_size:
         init = F.interpolate(init, size=latent_size, mode="bilinear")
     noise, generators = job.noise(seeds, subseeds, request.width, request.height)
     noise = noise * (request.initial_noise_multiplier or 1.0)
-    inpainting = _inpainting(job, request, plan, init, noise, [work for _, work in frames])
+    inpainting = _inpainting(job, request, plans, init, noise, [work for _, work in frames])
     if inpainting is not None and not model.is_inpainting:
         init = _fill_latents(request.inpainting_fill, init, inpainting.mask, noise)
 
@@ -110,29 +112,33 @@ def _generate(job: Job, request: Img2ImgRequest, options: Options, sources: list
     latents = denoise(model.unet, scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]),
                       conditioning, request.cfg_scale, generators, job.eta, inpainting, job.progress)
     generated = job.restore_faces(model.decode_latents(latents))
-    return [_compose(canvas, image, plan) for (canvas, _), image in zip(frames, generated)]
+    return [_compose(canvas, image, plan) for (canvas, _), image, plan in zip(frames, generated, plans)]
 
 
-def _inpainting(job: Job, request: Img2ImgRequest, plan: MaskPlan | None, init: torch.Tensor,
+def _inpainting(job: Job, request: Img2ImgRequest, plans: list[MaskPlan | None], init: torch.Tensor,
                 noise: torch.Tensor, pictures: list[Image.Image]) -> Inpainting | None:
+    """The batch's masks (`plans`: one per image, all None without a mask) at latent size."""
     model = job.model
-    if plan is None and not model.is_inpainting:
+    masked_request = plans[0] is not None
+    if not masked_request and not model.is_inpainting:
         return None
     batch, _, h, w = init.shape
-    if plan is None:  # an inpainting checkpoint without a mask: everything may change
+    if not masked_request:  # an inpainting checkpoint without a mask: everything may change
         mask = torch.ones(batch, 1, h, w, device=init.device)
     else:
-        small = np.asarray(plan.repaint.resize((w, h)), dtype=np.float32) / 255
+        small = np.stack([np.asarray(plan.repaint.resize((w, h)), dtype=np.float32) / 255 for plan in plans])
         if request.mask_round:
             small = np.around(small)
-        mask = torch.from_numpy(small).to(init.device)[None, None].repeat(batch, 1, 1, 1)
+        mask = torch.from_numpy(small).to(init.device)[:, None]
     if not model.is_inpainting:
         return Inpainting(init, mask, noise)
-    binary = plan.repaint.point(lambda v: 255 if v >= 128 else 0) if plan else Image.new("L", pictures[0].size, 255)
-    gray = Image.new("RGB", pictures[0].size, (127, 127, 127))
-    masked = model.encode_images([Image.composite(gray, picture, binary) for picture in pictures])
-    condition_mask = torch.from_numpy(np.asarray(binary, dtype=np.float32) / 255).to(init.device)
-    condition_mask = F.interpolate(condition_mask[None, None], size=(h, w)).repeat(batch, 1, 1, 1)
+    size = pictures[0].size  # every picture is width x height
+    binaries = [plan.repaint.point(lambda v: 255 if v >= 128 else 0) if plan else Image.new("L", size, 255)
+                for plan in plans]
+    gray = Image.new("RGB", size, (127, 127, 127))
+    masked = model.encode_images([Image.composite(gray, picture, binary) for picture, binary in zip(pictures, binaries)])
+    condition_mask = torch.from_numpy(np.stack([np.asarray(b, dtype=np.float32) / 255 for b in binaries]))
+    condition_mask = F.interpolate(condition_mask[:, None].to(init.device), size=(h, w))
     return Inpainting(init, mask, noise, unet_extra=torch.cat([condition_mask, masked], dim=1))
 
 

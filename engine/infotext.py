@@ -62,9 +62,18 @@ def parse_infotext(text: str) -> dict[str, Any]:
     for key, value in pairs:
         value = value.strip()
         if len(value) > 1 and value[0] == value[-1] == '"':
-            value = json.loads(value)
+            value = _unquote(value)
         if size := _SIZE.match(value):
             parsed[f"{key}-1"], parsed[f"{key}-2"] = size.group(1), size.group(2)
         else:
             parsed[key] = value
     return parsed
+
+
+def _unquote(value: str) -> str:
+    """A JSON-quoted value decoded; one that is not valid JSON (a Windows path: "C:\\models") stays as written,
+    as A1111 leaves it."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value

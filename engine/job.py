@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from schemas import GenerationRequest, Options
+from schemas import GenerationRequest, Options, RequestError, limits
 from schemas.extra_networks import PassPrompts
 from schemas.samplers import Sampler, Schedule
 
@@ -23,7 +23,21 @@ from .lora import lora_hashes
 from .model import LoadedModel
 from .noise import batch_noise, latent_shape, resolve_seed
 from .progress import Progress
+from .prompt_parser import split_and
 from .samplers import make_scheduler
+
+def _check_prompt_size(model: LoadedModel, prompts: PassPrompts) -> None:
+    """A pass's prompts within the limits on AND parts and 75-token chunks. The chunks are counted on the
+    whole text, editing syntax included: an upper bound of what any sampling step encodes."""
+    for field, text in prompts.texts():
+        if len(split_and(text)) > limits.MAX_SUBPROMPTS:
+            raise RequestError(field, f"{len(split_and(text))} AND parts; the limit is {limits.MAX_SUBPROMPTS} "
+                                      "(WORKER_MAX_SUBPROMPTS)")
+        chunks = len(model.encoder.chunks(text))
+        if chunks > limits.MAX_PROMPT_CHUNKS:
+            raise RequestError(field, f"{chunks} chunks of 75 tokens; the limit is {limits.MAX_PROMPT_CHUNKS} "
+                                      "(WORKER_MAX_PROMPT_CHUNKS)")
+
 
 class Job:
     def __init__(self, model: LoadedModel, request: GenerationRequest, options: Options,
@@ -41,6 +55,8 @@ class Job:
         self.textual_inversions: dict[str, Embedding] = {}  # the embeddings the prompts used, by name
         self.timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
         model.loras.load(request.lora_tags)  # unknown names and bad files fail before any work
+        for prompts in request.pass_prompts:
+            _check_prompt_size(model, prompts)
 
     @property
     def clip_skip(self) -> int:

@@ -25,8 +25,10 @@ from typing import Any
 from safetensors import safe_open
 
 from schemas import RequestError
+from schemas.errors import quoted
 from schemas.extra_networks import LoraTag
 
+from .faults import reraise_server_fault
 from .models_dir import addnet_hash, describe_error, list_files
 
 LORA_SUBDIR = "Lora"
@@ -106,7 +108,7 @@ class LoraLibrary:
             lora = self._lookup(name)
         if lora is None:
             known = ", ".join(self.loras) or "none"
-            raise RequestError(field, f"no LoRA {name!r} in {self.models_dir / LORA_SUBDIR} (only "
+            raise RequestError(field, f"no LoRA {quoted(name)} in {self.models_dir / LORA_SUBDIR} (only "
                                       f"{LORA_SUFFIX} files are read); available: {known}")
         return lora
 
@@ -186,8 +188,9 @@ class LoraAdapters:
             with _quiet_transformers():
                 self.pipe.load_lora_weights(str(lora.path.parent), weight_name=lora.path.name, adapter_name=name,
                                             local_files_only=True)
-        except Exception as error:  # the loaders raise many kinds; any of them means a bad file
+        except Exception as error:  # the loaders raise many kinds; any but a server fault means a bad file
             self._delete(name)
+            reraise_server_fault(error)
             raise RequestError(field, f"LoRA {lora.name!r} ({lora.path}) could not be loaded: "
                                       f"{describe_error(error)}") from None
         listed = self.pipe.get_list_adapters()

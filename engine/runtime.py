@@ -22,6 +22,7 @@ from schemas import ExtrasRequest, GenerationRequest, Img2ImgRequest, Options, R
 from .device import pick_device, pick_dtype
 from .embeddings import Embeddings
 from .extras import Extras, extras
+from .faults import out_of_memory_as_error
 from .face_restoration import FaceRestorer, FaceRestorers, face_restoration_model
 from .generation import Generation
 from .img2img import img2img
@@ -94,14 +95,29 @@ class Engine:
                                                         self.loras, self.embeddings)
         return self._loaded[checkpoint.path]
 
-    def _apply_options(self, request: GenerationRequest) -> tuple[LoadedModel, Options]:
+    def _request_options(self, request: GenerationRequest) -> tuple[LoadedModel, Options]:
+        """The request's model and options (the server's with its overrides), checked against that model; the
+        model's VAE set from them. Nothing is stored: a request keeps its overrides only once it succeeded."""
         options = self.options.merged(request.override_settings)
         checkpoint = self.find_checkpoint(options.sd_model_checkpoint, "override_settings.sd_model_checkpoint")
         model = self.model_for(checkpoint)
+        _check_against_model(options, model, "override_settings.")
         self.vaes.apply(model, options.sd_vae, "override_settings.sd_vae")
-        if not request.override_settings_restore_afterwards:
-            self.options = options
         return model, options
+
+    def _generate(self, request: GenerationRequest, operation) -> Generation:
+        """Run `operation(model, options)` for a txt2img or img2img request; after success keep its overrides
+        when it asks to (override_settings_restore_afterwards: false)."""
+        width, height = request.output_size
+        with out_of_memory_as_error(self.device, f"{width}x{height}, batch {request.batch_size}"):
+            model, options = self._request_options(request)
+            try:
+                generation = operation(model, options)
+            finally:
+                model.loras.deactivate()  # the next request starts from the base model
+        if not request.override_settings_restore_afterwards:
+            self.options = options.model_copy(update={"sd_model_checkpoint": model.checkpoint.title})
+        return generation
 
     def _face_restorer(self, request: GenerationRequest, options: Options) -> FaceRestorer | None:
         """restore_faces' restorer, loaded before generating (a missing file fails the request first)."""
@@ -109,33 +125,29 @@ class Engine:
         return self.faces.find(name, "restore_faces").with_weight(options.code_former_weight) if name else None
 
     def txt2img(self, request: Txt2ImgRequest) -> Generation:
-        model, options = self._apply_options(request)
-        try:
-            return txt2img(model, request, options, self.upscalers, self.progress,
-                           self._face_restorer(request, options))
-        finally:
-            model.loras.deactivate()  # the next request starts from the base model
+        return self._generate(request, lambda model, options: txt2img(
+            model, request, options, self.upscalers, self.progress, self._face_restorer(request, options)))
 
     def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None) -> Generation:
-        model, options = self._apply_options(request)
-        try:
-            return img2img(model, request, options, init_images, mask, self.progress,
-                           self._face_restorer(request, options))
-        finally:
-            model.loras.deactivate()
+        return self._generate(request, lambda model, options: img2img(
+            model, request, options, init_images, mask, self.progress, self._face_restorer(request, options)))
 
     def extras(self, request: ExtrasRequest, images: list[Image.Image]) -> Extras:
         """Upscale images and restore faces (A1111's extra-single-image / extra-batch-images), in the server
         options' format."""
-        return extras(self.upscalers, self.faces, request, images, self.options)
+        with out_of_memory_as_error(self.device, f"extras of {len(images)} image(s)"):
+            return extras(self.upscalers, self.faces, request, images, self.options)
 
     def set_options(self, values: dict[str, Any]) -> None:
-        """POST /options: known options are validated and stored, a new sd_model_checkpoint or sd_vae is
-        loaded, unknown keys are ignored (as A1111 does)."""
+        """POST /options: known options are validated (against the checkpoint they select, which is loaded, as
+        is a new sd_vae) and stored only when all of them are good; unknown keys are ignored (as A1111 does)."""
         known = {key: value for key, value in values.items() if key in Options.model_fields}
         options = self.options.merged(known)
         checkpoint = self.find_checkpoint(options.sd_model_checkpoint, "sd_model_checkpoint")
-        self.vaes.find(options.sd_vae, self.model_for(checkpoint), "sd_vae")  # validated and loaded; generations apply it
+        with out_of_memory_as_error(self.device, f"loading {checkpoint.name}"):
+            model = self.model_for(checkpoint)
+            _check_against_model(options, model)
+            self.vaes.find(options.sd_vae, model, "sd_vae")  # validated and loaded; generations apply it
         self.options = options.model_copy(update={"sd_model_checkpoint": checkpoint.title})
 
     def refresh_checkpoints(self) -> None:
@@ -153,3 +165,11 @@ class Engine:
     def reload(self) -> None:
         self.unload()
         self.model  # loads the current checkpoint
+
+
+def _check_against_model(options: Options, model: LoadedModel, prefix: str = "") -> None:
+    """The option bounds that depend on the checkpoint (`prefix` completes the field's name in errors)."""
+    layers = model.encoder.layer_count
+    if options.CLIP_stop_at_last_layers > layers:
+        raise RequestError(f"{prefix}CLIP_stop_at_last_layers", f"must be at most {layers}, the layer count of "
+                           f"{model.checkpoint.name}'s text encoder (got {options.CLIP_stop_at_last_layers})")

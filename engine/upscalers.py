@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from schemas import RequestError
+from schemas.errors import quoted
 
+from .faults import reraise_server_fault
 from .models_dir import list_files
 
 if TYPE_CHECKING:
@@ -145,7 +147,7 @@ class Upscalers:
         if name not in self.files:
             self.files = scan(self.models_dir)  # files may have been added
         if name not in self.files:
-            raise RequestError(field, f"unknown upscaler {name!r}; available: {', '.join([*also, *self.names])}")
+            raise RequestError(field, f"unknown upscaler {quoted(name)}; available: {', '.join([*also, *self.names])}")
         path = self.files[name].path
         if path not in self._networks:
             self._networks[path] = Network(_load(path, name, field, self.device, self.dtype), self.tile)
@@ -171,6 +173,7 @@ def load_descriptor(path: Path, label: str, field: str, device: torch.device,
     try:
         descriptor = spandrel.ModelLoader(device, registry).load_from_file(path)
     except Exception as error:  # spandrel raises several kinds for files it can't read or recognise
+        reraise_server_fault(error)
         raise RequestError(field, f"{label} ({path.name}) can't be loaded: {error}") from None
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise RequestError(field, f"{label} ({path.name}) is a {descriptor.architecture.name} model, not an "

@@ -21,7 +21,9 @@ import torch
 from diffusers import AutoencoderKL
 
 from schemas import RequestError
+from schemas.errors import quoted
 
+from .faults import reraise_server_fault
 from .models_dir import CHECKPOINTS_SUBDIR, Checkpoint, describe_error, list_files, sha256_of
 
 if TYPE_CHECKING:
@@ -95,7 +97,7 @@ class Vaes:
         if option not in self.files:
             self.refresh()  # files may have been added
         if option not in self.files:
-            raise RequestError(field, f"unknown VAE {option!r}; available: "
+            raise RequestError(field, f"unknown VAE {quoted(option)}; available: "
                                       f"{', '.join([AUTOMATIC, NONE, *self.files])}")
         return self.files[option]
 
@@ -109,6 +111,7 @@ class Vaes:
             vae = AutoencoderKL.from_single_file(str(file.path), config=str(config), subfolder="vae",
                                                  local_files_only=True, dtype=self.dtype)
         except Exception as error:  # diffusers raises several kinds for files that are not a fitting VAE
+            reraise_server_fault(error)
             raise RequestError(field, f"VAE {file.name!r} can't be loaded for checkpoint {checkpoint.name}: "
                                       f"{describe_error(error)}") from None
         while len(self._loaded) >= CACHED_VAES:

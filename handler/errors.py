@@ -6,21 +6,28 @@ import json
 
 from pydantic import ValidationError
 
+from schemas.errors import cut
+
+MAX_ERROR_CHARS = 1000  # a backstop: messages quote only prefixes of what was sent (schemas.errors.cut)
+
 
 class BadEnvelope(ValueError):
     """The job's input is not an A1111 body or an {"api", "payload"} envelope."""
 
 
 def describe(error: Exception) -> str:
+    """One line, at most MAX_ERROR_CHARS long."""
     if isinstance(error, ValidationError):
-        return "; ".join(_describe_item(item) for item in error.errors(include_url=False))
-    return " ".join(str(error).split())  # one line
+        text = "; ".join(_describe_item(item) for item in error.errors(include_url=False))
+    else:
+        text = " ".join(str(error).split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
 
 
 def _describe_item(item: dict) -> str:
-    field = ".".join(str(part) for part in item["loc"])
-    message = item["msg"].removeprefix("Value error, ")
+    field = ".".join(cut(str(part)) for part in item["loc"])
+    message = " ".join(item["msg"].removeprefix("Value error, ").split())
     given = item.get("input")
     if "(got " not in message and isinstance(given, (str, int, float, bool)) and item["type"] != "missing":
-        message += f" (got {json.dumps(given)})"
+        message += f" (got {cut(json.dumps(given))})"
     return f"{field}: {message}" if field else message

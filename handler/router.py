@@ -14,6 +14,9 @@ from schemas import (ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, Extras
                      ExtrasSingleImageResponse, GenerationRequest, ImageResponse, Img2ImgRequest, PngInfoRequest,
                      PngInfoResponse, Txt2ImgRequest)
 
+from schemas.errors import cut
+from schemas.payload import check_payload
+
 from . import control, listings
 from .delivery import Destination, deliver, encoded_images
 
@@ -137,7 +140,8 @@ def route(engine: Engine, method: str, endpoint: str, payload: dict[str, Any],
     key = (method.upper(), normalize_endpoint(endpoint))
     if key not in ROUTES:
         offered = ", ".join(f"{m} /{API_PREFIX}{e}" for m, e in ROUTES)
-        raise UnknownEndpoint(f"api.endpoint: {key[0]} /{API_PREFIX}{key[1]} is not offered; offered: {offered}")
+        raise UnknownEndpoint(f"api.endpoint: {key[0]} /{API_PREFIX}{cut(key[1])} is not offered; offered: {offered}")
+    check_payload(payload)
     if key[1] not in GENERATION_ENDPOINTS:
         return ROUTES[key](engine, payload, destination)
     engine.progress.begin(key[1])

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from schemas import RequestError
+from schemas.errors import quoted
 
 from .delivery import DeliveryError, Destination
 from .errors import BadEnvelope, describe
@@ -58,7 +59,7 @@ def parse_job_input(job_input: Any) -> tuple[str, str, dict[str, Any]]:
         raise BadEnvelope(f"payload: must be a JSON object (got {type(payload).__name__})")
     method = api.get("method", "POST")
     if not isinstance(method, str) or method.upper() not in ("GET", "POST"):
-        raise BadEnvelope(f"api.method: must be GET or POST (got {method!r})")
+        raise BadEnvelope(f"api.method: must be GET or POST (got {quoted(str(method))})")
     return method, api["endpoint"], payload
 
 

@@ -1,4 +1,9 @@
-"""Errors a request can cause after its schema validated: bad values only known against the engine."""
+"""Errors a request can cause after its schema validated (bad values only known against the engine), and
+how messages quote what was sent: never more than a short prefix, so an error never grows with the input."""
+
+from __future__ import annotations
+
+QUOTE_CHARS = 60
 
 
 class RequestError(ValueError):
@@ -7,3 +12,13 @@ class RequestError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+def cut(text: str) -> str:
+    """`text`, or its first QUOTE_CHARS characters and "..."."""
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS] + "..."
+
+
+def quoted(name: str) -> str:
+    """A name the request sent, quoted for an error message (repr-style, cut)."""
+    return repr(cut(name))

@@ -11,6 +11,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from .errors import cut, quoted
+
 EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
 LORA_KINDS = ("lora", "lyco")
 _NAMED = ("te", "unet")
@@ -31,6 +33,11 @@ class PassPrompts:
     prompt: str
     negative_prompt: str
     loras: tuple[LoraTag, ...]
+    fields: tuple[str, str] = ("prompt", "negative_prompt")  # the request fields the texts came from
+
+    def texts(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """(field, text) of the prompt and the negative prompt."""
+        return (self.fields[0], self.prompt), (self.fields[1], self.negative_prompt)
 
 
 def pass_prompts(prompt: str, negative_prompt: str, fields: tuple[str, str], enabled: bool) -> PassPrompts:
@@ -38,7 +45,7 @@ def pass_prompts(prompt: str, negative_prompt: str, fields: tuple[str, str], ena
     `enabled` false (disable_extra_networks) every tag is removed and ignored, as in A1111."""
     text, loras = strip_extra_networks(prompt, fields[0], enabled)
     negative, negative_loras = strip_extra_networks(negative_prompt, fields[1], enabled)
-    return PassPrompts(text, negative, (*loras, *negative_loras))
+    return PassPrompts(text, negative, (*loras, *negative_loras), fields)
 
 
 def strip_extra_networks(text: str, field: str, enabled: bool = True) -> tuple[str, list[LoraTag]]:
@@ -54,9 +61,9 @@ def strip_extra_networks(text: str, field: str, enabled: bool = True) -> tuple[s
 
 
 def _lora_tag(match: re.Match, field: str) -> LoraTag:
-    tag, kind = match.group(0), match.group(1)
+    tag, kind = cut(match.group(0)), match.group(1)
     if kind not in LORA_KINDS:
-        raise ValueError(f"{field}: extra network {tag}: kind {kind!r} is not supported by this worker; "
+        raise ValueError(f"{field}: extra network {tag}: kind {quoted(kind)} is not supported by this worker; "
                          f"supported: {', '.join(LORA_KINDS)} (or set disable_extra_networks to ignore tags)")
     positional: list[str] = []
     named: dict[str, str] = {}
@@ -64,7 +71,7 @@ def _lora_tag(match: re.Match, field: str) -> LoraTag:
         key, equals, value = item.partition("=")
         if equals and "=" not in value:
             if key.strip() not in _NAMED:
-                raise ValueError(f"{field}: {tag}: unknown argument {key.strip()!r}; supported: "
+                raise ValueError(f"{field}: {tag}: unknown argument {quoted(key.strip())}; supported: "
                                  f"{', '.join(_NAMED)} (<lora:name:te_weight:unet_weight> or te=/unet=)")
             named[key.strip()] = value
         else:
@@ -83,7 +90,7 @@ def _weight(text: str, tag: str, field: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{field}: {tag}: weight {text.strip()!r} is not a number") from None
+        raise ValueError(f"{field}: {tag}: weight {quoted(text.strip())} is not a number") from None
     if not math.isfinite(value):
-        raise ValueError(f"{field}: {tag}: weight {text.strip()!r} must be finite")
+        raise ValueError(f"{field}: {tag}: weight {quoted(text.strip())} must be finite")
     return value

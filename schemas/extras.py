@@ -8,14 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import limits
 
-MAX_UPSCALE = 8  # A1111's UI maximum for upscaling_resize
-MAX_EXTRAS_SIDE = 8192  # an extras result, per side
-
 
 class ExtrasRequest(BaseModel):
     """The fields both extras endpoints share, with A1111's defaults. Unknown fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     resize_mode: Literal[0, 1] = Field(0, description="0 scale by upscaling_resize; 1 to upscaling_resize_w x "
                                                       "upscaling_resize_h (the larger ratio)")
@@ -24,9 +21,9 @@ class ExtrasRequest(BaseModel):
     gfpgan_visibility: float = Field(0, ge=0, le=1, description="GFPGAN's restored faces blended over the image")
     codeformer_visibility: float = Field(0, ge=0, le=1, description="the same with CodeFormer, after GFPGAN")
     codeformer_weight: float = Field(0, ge=0, le=1, description="CodeFormer's weight: 0 the most effect, 1 the least")
-    upscaling_resize: float = Field(2, gt=0, le=MAX_UPSCALE)
-    upscaling_resize_w: int = Field(512, ge=1, le=MAX_EXTRAS_SIDE)
-    upscaling_resize_h: int = Field(512, ge=1, le=MAX_EXTRAS_SIDE)
+    upscaling_resize: float = Field(2, gt=0, le=limits.MAX_UPSCALE)
+    upscaling_resize_w: int = Field(512, ge=1, le=limits.MAX_EXTRAS_SIDE)
+    upscaling_resize_h: int = Field(512, ge=1, le=limits.MAX_EXTRAS_SIDE)
     upscaling_crop: bool = Field(True, description="resize_mode 1: centre-crop to exactly the requested size")
     upscaler_1: str = Field("None", description='an upscaler name; "None": no upscaling')
     upscaler_2: str = Field("None", description="blended over upscaler_1's result")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
@@ -11,6 +10,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 from pydantic_core import PydanticCustomError
 
 from . import limits
+from .errors import cut
 from .extra_networks import LoraTag, PassPrompts, pass_prompts
 from .options import Options
 from .samplers import DEFAULT_SAMPLER, Sampler, Schedule, find_sampler, find_schedule, resolve
@@ -26,7 +26,7 @@ Seed = Annotated[int, BeforeValidator(_blank_seed_is_random), Field(ge=-1, lt=2*
 class GenerationRequest(BaseModel):
     """Every field A1111 v1.10 documents for both txt2img and img2img. Unknown fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     # Fields accepted but not implemented yet: a value outside these is refused, never dropped.
     # Subclasses add their own; an issue that implements one removes it here.
@@ -35,7 +35,7 @@ class GenerationRequest(BaseModel):
         "s_min_uncond": (None, 0),
         "s_churn": (None, 0),
         "s_tmin": (None, 0),
-        "s_tmax": (None, 0, math.inf),  # A1111 reads 0 as infinity
+        "s_tmax": (None, 0),  # A1111 reads 0 as infinity
         "s_noise": (None, 1),
         "refiner_checkpoint": (None, "", "None"),
         "script_name": (None, "", "None"),
@@ -45,14 +45,14 @@ class GenerationRequest(BaseModel):
         "save_images": (False,),
     }
 
-    prompt: str = ""
-    negative_prompt: str = ""
+    prompt: str = Field("", max_length=limits.MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=limits.MAX_PROMPT_CHARS)
     styles: list[str] | None = None
     seed: Seed = -1
     subseed: Seed = -1
     subseed_strength: float = Field(0, ge=0, le=1)
-    seed_resize_from_h: int = -1
-    seed_resize_from_w: int = -1
+    seed_resize_from_h: int = Field(-1, ge=-1, le=limits.MAX_SIDE)
+    seed_resize_from_w: int = Field(-1, ge=-1, le=limits.MAX_SIDE)
     sampler_name: str | None = None
     scheduler: str | None = None
     batch_size: int = Field(1, ge=1, le=limits.MAX_BATCH_SIZE)
@@ -76,7 +76,7 @@ class GenerationRequest(BaseModel):
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True
     refiner_checkpoint: str | None = None
-    refiner_switch_at: float | None = None
+    refiner_switch_at: float | None = Field(None, ge=0, le=1)
     disable_extra_networks: bool = False
     comments: dict[str, Any] | None = None
     force_task_id: str | None = None
@@ -97,7 +97,7 @@ class GenerationRequest(BaseModel):
             raise PydanticCustomError(
                 "not_implemented",
                 "not supported by this worker yet; send {allowed} or leave it out (got {value})",
-                {"allowed": " or ".join(json.dumps(v) for v in allowed), "value": json.dumps(value, default=str)},
+                {"allowed": " or ".join(json.dumps(v) for v in allowed), "value": cut(json.dumps(value, default=str))},
             )
         return value
 
@@ -131,7 +131,7 @@ class GenerationRequest(BaseModel):
             Options.model_validate(value or {})
         except ValidationError as error:
             problems = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: "
+                f"{'.'.join(cut(str(part)) for part in e['loc'])}: "
                 + ("not supported by this worker; supported: " + ", ".join(Options.model_fields)
                    if e["type"] == "extra_forbidden" else e["msg"])
                 for e in error.errors(include_url=False)
@@ -168,6 +168,11 @@ class GenerationRequest(BaseModel):
     def prompts(self) -> PassPrompts:
         """The prompts without extra-network tags, and the LoRAs they name (the first pass's)."""
         return self._prompts
+
+    @property
+    def pass_prompts(self) -> tuple[PassPrompts, ...]:
+        """The prompts of every sampling pass."""
+        return (self.prompts,)
 
     @property
     def lora_tags(self) -> tuple[LoraTag, ...]:

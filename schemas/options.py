@@ -10,14 +10,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import limits
+
 
 class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    sd_model_checkpoint: str | None = Field(None, description="checkpoint title, name or short hash")
+    sd_model_checkpoint: str = Field("", description="checkpoint title, name or short hash")
     sd_vae: str = Field("Automatic", description="VAE file name in VAE/, 'Automatic' or 'None' (the checkpoint's)")
-    CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="clip skip")
-    eta_noise_seed_delta: int = Field(0, ge=0, description="added to seeds for samplers' step noise (ENSD)")
+    CLIP_stop_at_last_layers: int = Field(1, ge=1, description="clip skip: at most the text encoder's layer count")
+    eta_noise_seed_delta: int = Field(0, ge=0, le=limits.MAX_SEED_DELTA,
+                                      description="added to seeds for samplers' step noise (ENSD)")
     img2img_fix_steps: bool = Field(False, description="img2img runs exactly `steps` steps")
     samples_format: Literal["png", "jpg", "jpeg", "webp"] = Field("png", description="image format of results")
     jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG and WebP quality")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .errors import quoted
+
 AUTOMATIC = "automatic"
 
 
@@ -107,7 +109,7 @@ def find_schedule(name: str | None) -> Schedule:
     schedule = _SCHEDULES_BY_KEY.get((name or AUTOMATIC).strip().lower())
     if schedule is None:
         raise ValueError(
-            f"unknown scheduler {name!r}; valid: {', '.join(supported_schedule_labels())}"
+            f"unknown scheduler {quoted(name or '')}; valid: {', '.join(supported_schedule_labels())}"
         )
     if schedule.diffusers is None:
         raise ValueError(
@@ -130,7 +132,7 @@ def find_sampler(name: str) -> tuple[Sampler, Schedule | None]:
             base = key.removesuffix(" " + suffix)
             if base != key and base in _SAMPLERS_BY_KEY:
                 return _check_supported(_SAMPLERS_BY_KEY[base]), find_schedule(schedule.name)
-    raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(supported_sampler_names())}")
+    raise ValueError(f"unknown sampler {quoted(name)}; valid: {', '.join(supported_sampler_names())}")
 
 
 def _check_supported(sampler: Sampler) -> Sampler:

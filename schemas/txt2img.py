@@ -29,8 +29,8 @@ class Txt2ImgRequest(GenerationRequest):
     hr_checkpoint_name: str | None = None
     hr_sampler_name: str | None = None
     hr_scheduler: str | None = None
-    hr_prompt: str = ""
-    hr_negative_prompt: str = ""
+    hr_prompt: str = Field("", max_length=limits.MAX_PROMPT_CHARS)
+    hr_negative_prompt: str = Field("", max_length=limits.MAX_PROMPT_CHARS)
     firstpass_image: str | None = None
     _hires_prompts: PassPrompts | None = PrivateAttr(None)
 
@@ -77,8 +77,13 @@ class Txt2ImgRequest(GenerationRequest):
         return self._hires_prompts
 
     @property
+    def pass_prompts(self) -> tuple[PassPrompts, ...]:
+        hires = self.hires_prompts
+        return (self.prompts,) if hires is None or hires == self.prompts else (self.prompts, hires)
+
+    @property
     def lora_tags(self) -> tuple[LoraTag, ...]:
-        return self.prompts.loras + (self.hires_prompts.loras if self.hires_prompts else ())
+        return tuple(tag for prompts in self.pass_prompts for tag in prompts.loras)
 
     @property
     def hires_size(self) -> tuple[int, int]:

@@ -255,7 +255,7 @@ def test_a_request_that_fails_leaves_no_lora_active(lora_engine, monkeypatch):
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(engine.txt2img, "_hires_pass", failing_hires_pass)
-    with pytest.raises(RuntimeError, match="out of memory"):
+    with pytest.raises(RuntimeError, match="out of CPU memory at 128x128"):
         generate(lora_engine, prompt="a cat<lora:style>", enable_hr=True, denoising_strength=0.5)
     monkeypatch.undo()
     assert lora_engine.model.encoder.adapters == ()

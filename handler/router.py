@@ -1,11 +1,13 @@
-"""The router: one table from an A1111 (method, endpoint) to an operation, shared by every adapter."""
+"""The router: one table from an A1111 (method, endpoint) to an operation and how it is scheduled (read at
+once, or wait for the one queue of generations and state changes), shared by every adapter."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine.images import decode_image, read_infotext
 from engine.infotext import parse_infotext
@@ -90,42 +92,54 @@ def extra_batch_images(engine: Engine, payload: dict[str, Any], destination: Des
 
 Operation = Callable[["Engine", dict[str, Any], Destination], Any]
 
-ROUTES: dict[tuple[str, str], Operation] = {
-    ("POST", "txt2img"): txt2img,
-    ("POST", "img2img"): img2img,
-    ("POST", "png-info"): png_info,
-    ("POST", "extra-single-image"): extra_single_image,
-    ("POST", "extra-batch-images"): extra_batch_images,
-    ("GET", "options"): control.get_options,
-    ("POST", "options"): control.set_options,
-    ("GET", "progress"): control.progress,
-    ("POST", "interrupt"): control.interrupt,
-    ("POST", "skip"): control.skip,
-    ("POST", "refresh-checkpoints"): control.refresh_checkpoints,
-    ("POST", "refresh-vae"): control.refresh_vae,
-    ("POST", "refresh-loras"): control.refresh_loras,
-    ("POST", "refresh-embeddings"): control.refresh_embeddings,
-    ("POST", "unload-checkpoint"): control.unload_checkpoint,
-    ("POST", "reload-checkpoint"): control.reload_checkpoint,
-    ("GET", "sd-models"): listings.sd_models,
-    ("GET", "samplers"): listings.samplers,
-    ("GET", "schedulers"): listings.schedulers,
-    ("GET", "upscalers"): listings.upscalers,
-    ("GET", "latent-upscale-modes"): listings.latent_upscale_modes,
-    ("GET", "sd-vae"): listings.sd_vae,
-    ("GET", "loras"): listings.loras,
-    ("GET", "hypernetworks"): listings.nothing_listed,
-    ("GET", "prompt-styles"): listings.nothing_listed,
-    ("GET", "face-restorers"): listings.face_restorers,
-    ("GET", "embeddings"): listings.embeddings,
-    ("GET", "scripts"): listings.scripts,
-    ("GET", "cmd-flags"): listings.cmd_flags,
-    ("GET", "memory"): listings.memory,
+
+class Kind(Enum):
+    """How an endpoint is scheduled beside the others."""
+
+    READ = "read"  # reads state, or signals the running job (/interrupt, /skip): never waits
+    CHANGE = "change"  # changes loaded models, options or the file lists: waits for its turn in the queue
+    GENERATE = "generate"  # waits for its turn in the queue too, and /progress reports it
+
+
+class Route(NamedTuple):
+    operation: Operation
+    kind: Kind
+
+
+READ, CHANGE, GENERATE = Kind.READ, Kind.CHANGE, Kind.GENERATE
+
+ROUTES: dict[tuple[str, str], Route] = {
+    ("POST", "txt2img"): Route(txt2img, GENERATE),
+    ("POST", "img2img"): Route(img2img, GENERATE),
+    ("POST", "png-info"): Route(png_info, READ),
+    ("POST", "extra-single-image"): Route(extra_single_image, GENERATE),
+    ("POST", "extra-batch-images"): Route(extra_batch_images, GENERATE),
+    ("GET", "options"): Route(control.get_options, READ),
+    ("POST", "options"): Route(control.set_options, CHANGE),
+    ("GET", "progress"): Route(control.progress, READ),
+    ("POST", "interrupt"): Route(control.interrupt, READ),
+    ("POST", "skip"): Route(control.skip, READ),
+    ("POST", "refresh-checkpoints"): Route(control.refresh_checkpoints, CHANGE),
+    ("POST", "refresh-vae"): Route(control.refresh_vae, CHANGE),
+    ("POST", "refresh-loras"): Route(control.refresh_loras, CHANGE),
+    ("POST", "refresh-embeddings"): Route(control.refresh_embeddings, CHANGE),
+    ("POST", "unload-checkpoint"): Route(control.unload_checkpoint, CHANGE),
+    ("POST", "reload-checkpoint"): Route(control.reload_checkpoint, CHANGE),
+    ("GET", "sd-models"): Route(listings.sd_models, READ),
+    ("GET", "samplers"): Route(listings.samplers, READ),
+    ("GET", "schedulers"): Route(listings.schedulers, READ),
+    ("GET", "upscalers"): Route(listings.upscalers, READ),
+    ("GET", "latent-upscale-modes"): Route(listings.latent_upscale_modes, READ),
+    ("GET", "sd-vae"): Route(listings.sd_vae, READ),
+    ("GET", "loras"): Route(listings.loras, READ),
+    ("GET", "hypernetworks"): Route(listings.nothing_listed, READ),
+    ("GET", "prompt-styles"): Route(listings.nothing_listed, READ),
+    ("GET", "face-restorers"): Route(listings.face_restorers, READ),
+    ("GET", "embeddings"): Route(listings.embeddings, READ),
+    ("GET", "scripts"): Route(listings.scripts, READ),
+    ("GET", "cmd-flags"): Route(listings.cmd_flags, READ),
+    ("GET", "memory"): Route(listings.memory, READ),
 }
-
-
-# endpoints that generate or load models: one runs at a time, and /progress reports it
-GENERATION_ENDPOINTS = {"txt2img", "img2img", "extra-single-image", "extra-batch-images"}
 
 
 def normalize_endpoint(endpoint: str) -> str:
@@ -133,19 +147,31 @@ def normalize_endpoint(endpoint: str) -> str:
     return endpoint.strip().strip("/").removeprefix(API_PREFIX)
 
 
+def _key(method: str, endpoint: str) -> tuple[str, str]:
+    return method.upper(), normalize_endpoint(endpoint)
+
+
+def queued(method: str, endpoint: str) -> bool:
+    """Whether the endpoint generates or changes state, so that it must wait for the one generation queue
+    (an adapter that runs several requests at once serializes these; an unknown endpoint is not queued)."""
+    entry = ROUTES.get(_key(method, endpoint))
+    return entry is not None and entry.kind is not READ
+
+
 def route(engine: Engine, method: str, endpoint: str, payload: dict[str, Any],
           destination: Destination | None = None) -> Any:
     """Run an endpoint's operation; images go to `destination` (default: base64, or the BUCKET_* bucket)."""
     destination = destination or Destination.for_job(uuid.uuid4().hex)
-    key = (method.upper(), normalize_endpoint(endpoint))
+    key = _key(method, endpoint)
     if key not in ROUTES:
         offered = ", ".join(f"{m} /{API_PREFIX}{e}" for m, e in ROUTES)
         raise UnknownEndpoint(f"api.endpoint: {key[0]} /{API_PREFIX}{cut(key[1])} is not offered; offered: {offered}")
     check_payload(payload)
-    if key[1] not in GENERATION_ENDPOINTS:
-        return ROUTES[key](engine, payload, destination)
+    operation, kind = ROUTES[key]
+    if kind is not GENERATE:
+        return operation(engine, payload, destination)
     engine.progress.begin(key[1])
     try:
-        return ROUTES[key](engine, payload, destination)
+        return operation(engine, payload, destination)
     finally:
         engine.progress.end()

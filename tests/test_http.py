@@ -11,11 +11,10 @@ import time
 
 import pytest
 import requests
-import uvicorn
 import webuiapi
 from PIL import Image
 
-from conftest import REPO_ROOT, free_port, subprocess_env
+from conftest import REPO_ROOT, subprocess_env
 from handler.http.__main__ import main as http_main
 from handler.http.__main__ import parse_credentials
 from handler.http.app import create_app
@@ -25,27 +24,9 @@ SMALL = {"width": 64, "height": 64, "steps": 2}
 
 
 @pytest.fixture(scope="module")
-def serve(engine):
-    """Start servers on free ports; every one is stopped at the end of the module."""
-    servers = []
-
-    def start(credentials=(), tokens=()) -> str:
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(engine, credentials, tokens), host="127.0.0.1",
-                                               port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        servers.append((server, thread))
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=10)
+def serve(engine, serve_app):
+    """start(credentials, tokens): an app on the shared engine, served on a free port; returns its base URL."""
+    return lambda credentials=(), tokens=(): serve_app(create_app(engine, credentials, tokens))
 
 
 @pytest.fixture(scope="module")

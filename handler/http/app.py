@@ -1,16 +1,27 @@
 """The A1111-compatible HTTP app: every route of the router under /sdapi/v1/, A1111's response and
-error shapes, HTTP Basic (--api-auth) and bearer-token auth, and one generation at a time while
-listings, options and progress stay answerable.
+error shapes, HTTP Basic (--api-auth) and bearer-token auth.
+
+Generations and state changes (the router's queued endpoints) run one at a time on a thread of their own,
+in a bounded queue (WORKER_QUEUE_SIZE; a full queue answers 503 with Retry-After). Waiting for that queue
+holds no thread of the pool that answers the other endpoints, so listings, options, progress, interrupt
+and skip stay answerable however many requests wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+import logging
+import math
+import os
 import secrets
 import threading
+import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -22,10 +33,16 @@ from schemas import RequestError
 
 from ..delivery import Destination
 from ..errors import describe
-from ..router import API_PREFIX, GENERATION_ENDPOINTS, ROUTES, UnknownEndpoint, route
+from ..router import API_PREFIX, ROUTES, UnknownEndpoint, queued, route
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
     from engine.runtime import Engine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_SIZE = 32
 
 
 class Authenticator:
@@ -34,7 +51,7 @@ class Authenticator:
     def __init__(self, credentials: list[tuple[str, str]], tokens: list[str]):
         self.credentials, self.tokens = credentials, tokens
 
-    def __call__(self, request: Request) -> None:
+    async def __call__(self, request: Request) -> None:  # async: no thread taken
         if not self.credentials and not self.tokens:
             return
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -58,17 +75,91 @@ class _Unauthorized(Exception):
     pass
 
 
-def _error(status: int, error: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail, "body": "", "errors": ""}, status_code=status)
+class QueueFull(Exception):
+    """Every place in the queue is taken."""
+
+
+class JobQueue:
+    """Runs jobs one at a time on a thread of its own; at most `size` wait while one runs."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.admitted = 0  # waiting or running
+        self.last_seconds = 0.0  # the last job's duration: about when a place frees up
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation-queue")
+
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(*args)` when its turn comes, awaited without holding a thread; QueueFull if no place is left."""
+        with self._lock:
+            if self.admitted > self.size:
+                raise QueueFull(f"the queue is full ({self.size} waiting); retry later")
+            self.admitted += 1
+        future = self._executor.submit(self._timed, function, *args)
+        future.add_done_callback(self._leave)
+        return await asyncio.wrap_future(future)
+
+    def retry_after(self) -> int:
+        """Seconds after which a place is likely free (Retry-After)."""
+        return max(1, math.ceil(self.last_seconds))
+
+    def _timed(self, function: Callable[..., Any], *args: Any) -> Any:
+        started = time.monotonic()
+        try:
+            return function(*args)
+        finally:
+            self.last_seconds = time.monotonic() - started
+
+    def _leave(self, future: Future) -> None:  # done, failed or cancelled before it ran
+        with self._lock:
+            self.admitted -= 1
+
+
+def queue_size_from_env() -> int:
+    value = os.environ.get("WORKER_QUEUE_SIZE", str(DEFAULT_QUEUE_SIZE))
+    if not value.strip().isdigit():
+        raise ValueError(f"WORKER_QUEUE_SIZE must be a whole number >= 0 (got {value!r})")
+    return int(value)
+
+
+class AccessLog:
+    """One INFO line per request: method, path, status, seconds."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.monotonic(), 500  # unless a response starts
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            log.info("%s %s %d %.2f s", scope["method"], scope["path"], status, time.monotonic() - started)
+
+
+def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail, "body": "", "errors": ""}, status_code=status,
+                        headers=headers)
 
 
 def _unprocessable(problems: list[dict[str, Any]]) -> JSONResponse:
     return JSONResponse({"detail": problems}, status_code=422)
 
 
-def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: list[str] = ()) -> FastAPI:
+def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: list[str] = (),
+               queue_size: int | None = None) -> FastAPI:
+    """The app on `engine`; `queue_size` requests may wait for the queue (default: WORKER_QUEUE_SIZE, else 32)."""
     app = FastAPI(title="a1111-worker", description="AUTOMATIC1111-compatible API on diffusers")
-    generation = threading.Lock()  # the queue: one generation at a time
+    app.add_middleware(AccessLog)
+    app.state.queue = queue = JobQueue(queue_size_from_env() if queue_size is None else queue_size)
     authenticate = Authenticator(list(credentials), list(tokens))
 
     @app.exception_handler(_Unauthorized)
@@ -77,12 +168,14 @@ def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: 
         response.headers["WWW-Authenticate"] = "Basic"
         return response
 
-    def run(method: str, endpoint: str, payload: dict[str, Any]) -> Any:
+    def respond(method: str, endpoint: str, payload: dict[str, Any]) -> JSONResponse:
         destination = Destination.for_job(uuid.uuid4().hex, payload.get("delivery"))
-        if endpoint in GENERATION_ENDPOINTS:
-            with generation:
-                return route(engine, method, endpoint, payload, destination)
-        return route(engine, method, endpoint, payload, destination)
+        return JSONResponse(route(engine, method, endpoint, payload, destination))  # rendered off the event loop
+
+    async def run(method: str, endpoint: str, payload: dict[str, Any]) -> JSONResponse:
+        if queued(method, endpoint):
+            return await queue.run(respond, method, endpoint, payload)
+        return await run_in_threadpool(respond, method, endpoint, payload)
 
     async def call(request: Request, method: str, endpoint: str) -> JSONResponse:
         payload: Any = {}
@@ -95,7 +188,9 @@ def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: 
             if not isinstance(payload, dict):
                 return _unprocessable([{"loc": ["body"], "msg": "must be a JSON object", "type": "dict_type"}])
         try:
-            return JSONResponse(await run_in_threadpool(run, method, endpoint, payload))
+            return await run(method, endpoint, payload)
+        except QueueFull as error:
+            return _error(503, "Service Unavailable", str(error), {"Retry-After": str(queue.retry_after())})
         except ValidationError as error:
             return _unprocessable([{"loc": ["body", *item["loc"]], "msg": item["msg"], "type": item["type"]}
                                    for item in error.errors(include_url=False, include_context=False,
@@ -105,7 +200,8 @@ def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: 
                                     "type": "value_error"}])
         except UnknownEndpoint as error:
             return _error(404, "Not Found", describe(error))
-        except Exception as error:  # a bug, a device or a delivery failure: A1111's error body
+        except Exception as error:  # a bug, a device or a delivery failure: logged, and A1111's error body
+            log.exception("%s /%s%s failed", method, API_PREFIX, endpoint)
             return _error(500, type(error).__name__, describe(error))
 
     for method, endpoint in ROUTES:

@@ -325,3 +325,41 @@ def test_a_file_that_is_no_vae_is_still_the_requests_error(tiny_models_dir_facto
     bad_engine = start_tiny_engine(models_dir)
     message = refusal(bad_engine, "txt2img", {**TINY, "override_settings": {"sd_vae": "broken.safetensors"}})
     assert message.startswith("override_settings.sd_vae")
+
+
+# ---------------------------------------------------------------- the HTTP body
+
+@pytest.fixture(scope="module")
+def client(engine):
+    from fastapi.testclient import TestClient
+
+    from handler.http.app import create_app
+
+    return TestClient(create_app(engine))
+
+
+@pytest.mark.parametrize("body, status, field", [
+    (b'{"prompt": "a", "eta": NaN}', 422, "eta"),
+    (b'{"prompt": "a", "comments": {"x": -Infinity}}', 422, "comments"),
+    (b'{"prompt": "\\ud800"}', 422, "prompt"),
+    (b'{"prompt": "\xff\xfe"}', 422, "body"),
+    (b"[" * 100_000 + b"]" * 100_000, 422, "body"),
+    (b'{"comments": ' + b"[" * 40 + b"]" * 40 + b"}", 422, "comments"),
+])
+def test_bodies_no_field_can_read_are_refused_over_http(client, body, status, field):
+    response = client.post("/sdapi/v1/txt2img", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    assert field in json.dumps(response.json()["detail"])[:400]
+
+
+def test_a_body_over_the_size_limit_is_refused_before_it_is_read(client, monkeypatch):
+    monkeypatch.setattr(limits, "MAX_REQUEST_MB", 1)
+    response = client.post("/sdapi/v1/png-info", content=b'{"image": "' + b"A" * 1_100_000 + b'"}',
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert "WORKER_MAX_REQUEST_MB" in response.json()["detail"]
+
+
+def test_validation_locations_quote_only_a_prefix(client):
+    response = client.post("/sdapi/v1/txt2img", json={**TINY, "override_settings": {"k" * 100_000: 1}})
+    assert response.status_code == 422 and len(response.text) < 3000

@@ -29,7 +29,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from schemas import RequestError
+from schemas import RequestError, limits
+from schemas.errors import cut
 
 from ..delivery import Destination
 from ..errors import describe
@@ -154,6 +155,25 @@ def _unprocessable(problems: list[dict[str, Any]]) -> JSONResponse:
     return JSONResponse({"detail": problems}, status_code=422)
 
 
+def _short(part: Any) -> Any:
+    """A location part of a validation error: a key the request sent is quoted only as a prefix."""
+    return cut(part) if isinstance(part, str) else part
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The request body, or None once it passes MAX_REQUEST_MB (read no further)."""
+    limit = limits.MAX_REQUEST_MB * 1_000_000
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: list[str] = (),
                queue_size: int | None = None) -> FastAPI:
     """The app on `engine`; `queue_size` requests may wait for the queue (default: WORKER_QUEUE_SIZE, else 32)."""
@@ -180,11 +200,15 @@ def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: 
     async def call(request: Request, method: str, endpoint: str) -> JSONResponse:
         payload: Any = {}
         if method == "POST":
-            raw = await request.body()
+            raw = await _read_body(request)
+            if raw is None:
+                return _error(413, "Payload Too Large", f"body: over the limit of {limits.MAX_REQUEST_MB} MB "
+                                                        "(WORKER_MAX_REQUEST_MB)")
             try:
                 payload = json.loads(raw) if raw.strip() else {}
-            except json.JSONDecodeError as error:
-                return _unprocessable([{"loc": ["body"], "msg": f"invalid JSON: {error}", "type": "json_invalid"}])
+            except (ValueError, RecursionError) as error:  # JSONDecodeError, bad UTF-8, nesting past the parser
+                message = f"invalid JSON: {error}" if isinstance(error, ValueError) else "invalid JSON: nested too deep"
+                return _unprocessable([{"loc": ["body"], "msg": cut(message), "type": "json_invalid"}])
             if not isinstance(payload, dict):
                 return _unprocessable([{"loc": ["body"], "msg": "must be a JSON object", "type": "dict_type"}])
         try:
@@ -192,7 +216,7 @@ def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: 
         except QueueFull as error:
             return _error(503, "Service Unavailable", str(error), {"Retry-After": str(queue.retry_after())})
         except ValidationError as error:
-            return _unprocessable([{"loc": ["body", *item["loc"]], "msg": item["msg"], "type": item["type"]}
+            return _unprocessable([{"loc": ["body", *map(_short, item["loc"])], "msg": item["msg"], "type": item["type"]}
                                    for item in error.errors(include_url=False, include_context=False,
                                                             include_input=False)])
         except RequestError as error:
@@ -214,6 +238,6 @@ def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: 
     @app.api_route(f"/{API_PREFIX}{{name:path}}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
                    dependencies=[Depends(authenticate)], include_in_schema=False)
     async def not_offered(request: Request, name: str):
-        return _error(404, "Not Found", f"{request.method} /{API_PREFIX}{name} is not offered by this worker")
+        return _error(404, "Not Found", f"{request.method} /{API_PREFIX}{cut(name)} is not offered by this worker")
 
     return app

@@ -38,13 +38,22 @@ class MaskPlan:
     repaint: Image.Image  # "L" at width x height: what is repainted, in the generated frame
     overlay: Image.Image  # "L" at the output size: where generated pixels replace the original
     box: tuple[int, int, int, int] | None  # "only masked": the region cut out of the original
+    latent: Image.Image | None = None  # "L": latent_mask, which blends the latents in place of `repaint`
+
+    @property
+    def blend(self) -> Image.Image:
+        """The mask that keeps the original in the latents at each step."""
+        return self.repaint if self.latent is None else self.latent
 
 
 def img2img(model: LoadedModel, request: Img2ImgRequest, options: Options,
             init_images: list[Image.Image], mask: Image.Image | None, progress: Progress | None = None,
-            faces: FaceRestorer | None = None) -> Generation:
+            faces: FaceRestorer | None = None, latent_mask: Image.Image | None = None) -> Generation:
+    """`latent_mask` (with a mask): the mask that keeps the original in the latents at each step, as is (A1111's
+    latent_mask), in place of the blurred repaint mask."""
     job = Job(model, request, options, progress, faces)
-    plans = {image.size: _plan_mask(request, mask, image.size) for image in init_images} if mask is not None else {}
+    plans = {image.size: _plan_mask(request, mask, image.size, latent_mask) for image in init_images} \
+        if mask is not None else {}
     _add_params(job, request, plans.get(init_images[0].size))
     count = len(job.all_seeds)
     sources = [init_images[i % len(init_images)].convert("RGB") for i in range(count)]  # A1111 cycles them
@@ -56,17 +65,19 @@ def img2img(model: LoadedModel, request: Img2ImgRequest, options: Options,
     return job.result(images)
 
 
-def _plan_mask(request: Img2ImgRequest, mask: Image.Image, image_size: tuple[int, int]) -> MaskPlan:
+def _plan_mask(request: Img2ImgRequest, mask: Image.Image, image_size: tuple[int, int],
+               latent_mask: Image.Image | None) -> MaskPlan:
     prepared = image_ops.prepare_mask(image_ops.mask_from_image(mask).resize(image_size),
                                       request.mask_blur_x, request.mask_blur_y, bool(request.inpainting_mask_invert))
+    latent = image_ops.mask_from_image(latent_mask) if latent_mask is not None else None
     if request.inpaint_full_res and (box := image_ops.crop_region(prepared, request.inpaint_full_res_padding)):
         box = image_ops.expand_to_aspect(box, request.width, request.height, *image_size)
         repaint = image_ops.resize_image(prepared.crop(box), request.width, request.height, 2).convert("L")
-        return MaskPlan(repaint, prepared, box)
+        return MaskPlan(repaint, prepared, box, latent)
     # "whole picture" (or an empty mask, where "only masked" has nothing to crop: A1111 does the same)
     mode = 0 if request.resize_mode == LATENT_RESIZE_MODE else request.resize_mode
     repaint = image_ops.resize_image(prepared, request.width, request.height, mode).convert("L")
-    return MaskPlan(repaint, _strengthen(repaint), None)
+    return MaskPlan(repaint, _strengthen(repaint), None, latent)
 
 
 def _strengthen(mask: Image.Image) -> Image.Image:
@@ -126,7 +137,7 @@ def _inpainting(job: Job, request: Img2ImgRequest, plans: list[MaskPlan | None],
     if not masked_request:  # an inpainting checkpoint without a mask: everything may change
         mask = torch.ones(batch, 1, h, w, device=init.device)
     else:
-        small = np.stack([np.asarray(plan.repaint.resize((w, h)), dtype=np.float32) / 255 for plan in plans])
+        small = np.stack([np.asarray(plan.blend.resize((w, h)), dtype=np.float32) / 255 for plan in plans])
         if request.mask_round:
             small = np.around(small)
         mask = torch.from_numpy(small).to(init.device)[:, None]

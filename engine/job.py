@@ -86,23 +86,26 @@ class Job:
         )
         return noise.to(self.model.device), generators
 
-    def prepare(self, prompts: PassPrompts, steps: int) -> Conditioning:
-        """Set a sampling pass up: activate its LoRAs (exactly those) and encode its prompts. The LoRAs and
-        embeddings used go into the infotext (Lora hashes, TI hashes)."""
-        applied = self.model.loras.activate(prompts.loras)
+    def prepare(self, prompts: PassPrompts, steps: int, model: LoadedModel | None = None) -> Conditioning:
+        """Set a sampling pass up on `model` (default: the request's): activate its LoRAs (exactly those) and encode
+        its prompts. The LoRAs and embeddings used go into the infotext (Lora hashes, TI hashes)."""
+        model = model or self.model
+        applied = model.loras.activate(prompts.loras)
         if applied:  # as A1111, a pass without LoRAs keeps an earlier pass's hashes
             self.extra_params["Lora hashes"] = lora_hashes(applied)
-        conditioning = self.model.encoder.conditioning(prompts.prompt, prompts.negative_prompt, steps, self.clip_skip)
+        conditioning = model.encoder.conditioning(prompts.prompt, prompts.negative_prompt, steps, self.clip_skip)
         for embedding in conditioning.textual_inversions:
             self.textual_inversions.setdefault(embedding.name, embedding)
         if self.textual_inversions:
             self.extra_params["TI hashes"] = ti_hashes(self.textual_inversions.values())
         return conditioning
 
-    def scheduler(self, seeds: list[int], sampler: Sampler | None = None, schedule: Schedule | None = None):
-        """A fresh scheduler for one batch (the request's sampler unless another is given)."""
+    def scheduler(self, seeds: list[int], sampler: Sampler | None = None, schedule: Schedule | None = None,
+                  model: LoadedModel | None = None):
+        """A fresh scheduler for one batch on `model`'s noise schedule (the request's sampler and model unless
+        others are given)."""
         delta = self.options.eta_noise_seed_delta if self.uses_noise_seed_delta else 0
-        return make_scheduler(self.model.scheduler_config, sampler or self.sampler, schedule or self.schedule,
+        return make_scheduler((model or self.model).scheduler_config, sampler or self.sampler, schedule or self.schedule,
                               [seed + delta for seed in seeds])
 
     def restore_faces(self, images: list) -> list:

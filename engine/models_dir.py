@@ -66,6 +66,11 @@ class Checkpoint:
     def title(self) -> str:
         return f"{self.name} [{self.short_hash}]"
 
+    @property
+    def short_title(self) -> str:
+        """A1111's "name [hash]" (the file's stem), as the infotext names a second checkpoint."""
+        return f"{PurePosixPath(self.name).stem} [{self.short_hash}]"
+
     def matches(self, wanted: str) -> bool:
         """A1111 accepts a title, a name, a model name or a short hash wherever a checkpoint is named."""
         wanted = wanted.strip()

@@ -105,16 +105,22 @@ class Engine:
         self.vaes.apply(model, options.sd_vae, "override_settings.sd_vae")
         return model, options
 
-    def _generate(self, request: GenerationRequest, operation) -> Generation:
-        """Run `operation(model, options)` for a txt2img or img2img request; after success keep its overrides
-        when it asks to (override_settings_restore_afterwards: false)."""
+    def _generate(self, request: GenerationRequest, operation, hires_checkpoint: str | None = None) -> Generation:
+        """Run `operation(model, options, hires_model)` for a txt2img or img2img request (`hires_checkpoint`:
+        hr_checkpoint_name, loaded with the request's VAE); after success keep its overrides when it asks to
+        (override_settings_restore_afterwards: false)."""
         width, height = request.output_size
         with out_of_memory_as_error(self.device, f"{width}x{height}, batch {request.batch_size}"):
             model, options = self._request_options(request)
+            hires_model = model
+            if hires_checkpoint:
+                hires_model = self.model_for(self.find_checkpoint(hires_checkpoint, "hr_checkpoint_name"))
+                self.vaes.apply(hires_model, options.sd_vae, "override_settings.sd_vae")
             try:
-                generation = operation(model, options)
+                generation = operation(model, options, hires_model)
             finally:
-                model.loras.deactivate()  # the next request starts from the base model
+                for used in {id(model): model, id(hires_model): hires_model}.values():
+                    used.loras.deactivate()  # the next request starts from the base model
         if not request.override_settings_restore_afterwards:
             self.options = options.model_copy(update={"sd_model_checkpoint": model.checkpoint.title})
         return generation
@@ -124,13 +130,16 @@ class Engine:
         name = face_restoration_model(request, options)
         return self.faces.find(name, "restore_faces").with_weight(options.code_former_weight) if name else None
 
-    def txt2img(self, request: Txt2ImgRequest) -> Generation:
-        return self._generate(request, lambda model, options: txt2img(
-            model, request, options, self.upscalers, self.progress, self._face_restorer(request, options)))
+    def txt2img(self, request: Txt2ImgRequest, firstpass_image: Image.Image | None = None) -> Generation:
+        return self._generate(request, lambda model, options, hires_model: txt2img(
+            model, request, options, self.upscalers, self.progress, self._face_restorer(request, options),
+            hires_model, firstpass_image), request.hires_checkpoint)
 
-    def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None) -> Generation:
-        return self._generate(request, lambda model, options: img2img(
-            model, request, options, init_images, mask, self.progress, self._face_restorer(request, options)))
+    def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None,
+                latent_mask: Image.Image | None = None) -> Generation:
+        return self._generate(request, lambda model, options, hires_model: img2img(
+            model, request, options, init_images, mask, self.progress, self._face_restorer(request, options),
+            latent_mask))
 
     def extras(self, request: ExtrasRequest, images: list[Image.Image]) -> Extras:
         """Upscale images and restore faces (A1111's extra-single-image / extra-batch-images), in the server

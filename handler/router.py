@@ -9,14 +9,13 @@ from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from engine.images import decode_image, read_infotext
-from engine.infotext import parse_infotext
 from engine.generation import Generation
+from engine.images import decode_image, read_infotext
 from schemas import (ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasRequest, ExtrasSingleImageRequest,
                      ExtrasSingleImageResponse, GenerationRequest, ImageResponse, Img2ImgRequest, PngInfoRequest,
                      PngInfoResponse, Txt2ImgRequest)
-
 from schemas.errors import cut
+from schemas.infotext import parse_infotext
 from schemas.payload import check_payload
 
 from . import control, listings
@@ -50,7 +49,8 @@ def _preflight(request: GenerationRequest, destination: Destination) -> None:
 def txt2img(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
     request = Txt2ImgRequest.model_validate(payload)
     _preflight(request, destination)
-    return _image_response(request, engine.txt2img(request), request.model_dump(mode="json"), destination)
+    firstpass = decode_image(request.firstpass_image, "firstpass_image") if request.firstpass_image else None
+    return _image_response(request, engine.txt2img(request, firstpass), request.model_dump(mode="json"), destination)
 
 
 def img2img(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
@@ -58,7 +58,9 @@ def img2img(engine: Engine, payload: dict[str, Any], destination: Destination) -
     _preflight(request, destination)
     init_images = [decode_image(data, f"init_images.{i}") for i, data in enumerate(request.init_images)]
     mask = decode_image(request.mask, "mask") if request.mask else None
-    return _image_response(request, engine.img2img(request, init_images, mask), request.echo(), destination)
+    latent_mask = decode_image(request.latent_mask, "latent_mask") if request.latent_mask else None
+    return _image_response(request, engine.img2img(request, init_images, mask, latent_mask), request.echo(),
+                           destination)
 
 
 def png_info(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:

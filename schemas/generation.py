@@ -12,6 +12,7 @@ from pydantic_core import PydanticCustomError
 from . import limits
 from .errors import cut
 from .extra_networks import LoraTag, PassPrompts, pass_prompts
+from .infotext import request_from_infotext
 from .options import Options
 from .samplers import DEFAULT_SAMPLER, Sampler, Schedule, find_sampler, find_schedule, resolve
 
@@ -41,7 +42,6 @@ class GenerationRequest(BaseModel):
         "script_name": (None, "", "None"),
         "script_args": (None, []),
         "alwayson_scripts": (None, {}),
-        "infotext": (None, ""),
         "save_images": (False,),
     }
 
@@ -88,6 +88,28 @@ class GenerationRequest(BaseModel):
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     infotext: str | None = None
     _prompts: PassPrompts = PrivateAttr()
+
+    # infotext key -> request field, for the `infotext` field (A1111's paste fields); subclasses add their own
+    infotext_fields: ClassVar[dict[str, str]] = {
+        "Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps": "steps", "Sampler": "sampler_name",
+        "Schedule type": "scheduler", "CFG scale": "cfg_scale", "Seed": "seed", "Size-1": "width", "Size-2": "height",
+        "Variation seed": "subseed", "Variation seed strength": "subseed_strength",
+        "Seed resize from-1": "seed_resize_from_w", "Seed resize from-2": "seed_resize_from_h",
+        "Denoising strength": "denoising_strength", "Refiner": "refiner_checkpoint",
+        "Refiner switch at": "refiner_switch_at",
+    }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_infotext(cls, data: Any) -> Any:
+        """`infotext` (A1111 1.8+) fills the fields the request leaves unset."""
+        if not isinstance(data, dict) or not isinstance(data.get("infotext"), str) or not data["infotext"]:
+            return data
+        if len(data["infotext"]) > limits.MAX_INFOTEXT_CHARS:
+            raise PydanticCustomError("too_long", "infotext: at most {max} characters (WORKER_MAX_INFOTEXT_CHARS)",
+                                      {"max": limits.MAX_INFOTEXT_CHARS})
+        return request_from_infotext(data["infotext"], cls.infotext_fields, data, Options.model_fields,
+                                     hires="enable_hr" in cls.model_fields)
 
     @field_validator("*")
     @classmethod

@@ -10,11 +10,8 @@ from .generation import GenerationRequest
 
 
 class Img2ImgRequest(GenerationRequest):
-    not_implemented = {
-        **GenerationRequest.not_implemented,
-        "latent_mask": (None, ""),
-    }
-
+    infotext_fields = {**GenerationRequest.infotext_fields, "Image CFG scale": "image_cfg_scale",
+                       "Mask blur": "mask_blur"}
     init_images: list[str] = Field(min_length=1, description="base64 images or data: URIs")
     resize_mode: int = Field(0, ge=0, le=3, description="0 just resize, 1 crop and resize, 2 resize and fill, "
                                                          "3 just resize (latent upscale)")
@@ -31,7 +28,8 @@ class Img2ImgRequest(GenerationRequest):
     inpaint_full_res_padding: int = Field(0, ge=0, le=256)
     inpainting_mask_invert: int = Field(0, ge=0, le=1)
     initial_noise_multiplier: float | None = Field(None, ge=0, le=2)
-    latent_mask: str | None = None
+    latent_mask: str | None = Field(None, description="with a mask: the mask that blends latents each step, in "
+                                                       "place of the (blurred) mask")
     include_init_images: bool = False
 
     @model_validator(mode="after")

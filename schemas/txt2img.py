@@ -12,12 +12,13 @@ from .samplers import Sampler, Schedule, find_sampler, find_schedule, resolve
 
 
 class Txt2ImgRequest(GenerationRequest):
-    not_implemented = {
-        **GenerationRequest.not_implemented,
-        "firstpass_image": (None, ""),
-        "hr_checkpoint_name": (None, "", "Use same checkpoint"),
+    infotext_fields = {
+        **GenerationRequest.infotext_fields,
+        "Hires upscale": "hr_scale", "Hires upscaler": "hr_upscaler", "Hires steps": "hr_second_pass_steps",
+        "Hires resize-1": "hr_resize_x", "Hires resize-2": "hr_resize_y", "Hires checkpoint": "hr_checkpoint_name",
+        "Hires sampler": "hr_sampler_name", "Hires schedule type": "hr_scheduler", "Hires prompt": "hr_prompt",
+        "Hires negative prompt": "hr_negative_prompt",
     }
-
     enable_hr: bool = False
     firstphase_width: int = 0
     firstphase_height: int = 0
@@ -31,7 +32,7 @@ class Txt2ImgRequest(GenerationRequest):
     hr_scheduler: str | None = None
     hr_prompt: str = Field("", max_length=limits.MAX_PROMPT_CHARS)
     hr_negative_prompt: str = Field("", max_length=limits.MAX_PROMPT_CHARS)
-    firstpass_image: str | None = None
+    firstpass_image: str | None = Field(None, description="base64 image used as the first pass with enable_hr")
     _hires_prompts: PassPrompts | None = PrivateAttr(None)
 
     @field_validator("hr_sampler_name")
@@ -121,6 +122,12 @@ class Txt2ImgRequest(GenerationRequest):
             x, y = -(-y * self.width // self.height), y
         multiple = limits.SIDE_MULTIPLE
         return -(-x // multiple) * multiple, -(-y // multiple) * multiple
+
+    @property
+    def hires_checkpoint(self) -> str | None:
+        """hr_checkpoint_name when hires fix runs on another checkpoint ("Use same checkpoint" and "" mean none)."""
+        same = (None, "", "Use same checkpoint")
+        return self.hr_checkpoint_name if self.enable_hr and self.hr_checkpoint_name not in same else None
 
     @property
     def hires_sampler(self) -> tuple[Sampler, Schedule]:

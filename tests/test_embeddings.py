@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from engine.embeddings import EmbeddingVector
-from engine.infotext import parse_infotext
+from schemas.infotext import parse_infotext
 from engine.tiny_addons import text_width, write_tiny_embedding
 from handler.router import route
 

@@ -7,7 +7,8 @@ import pytest
 from PIL import ExifTags, Image
 
 from engine.images import encode_png
-from engine.infotext import build_infotext, parse_infotext
+from engine.infotext import build_infotext
+from schemas.infotext import parse_infotext
 from handler.router import route
 from schemas import RequestError
 

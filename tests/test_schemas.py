@@ -130,10 +130,7 @@ NON_DEFAULT_VALUES = {
     "script_name": "x/y/z plot",
     "script_args": [1, "two"],
     "alwayson_scripts": {"ControlNet": {"args": []}},
-    "infotext": "a cat\nSteps: 20, Sampler: Euler, Seed: 1",
     "save_images": True,
-    "firstpass_image": "iVBORw0KGgo=",
-    "hr_checkpoint_name": "other.safetensors",
 }
 
 

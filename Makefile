@@ -29,6 +29,7 @@ demo: install $(DEMO_MODEL)
 	MODELS_DIR=$(DEMO_MODELS_DIR) SD_MODEL=tiny-sd15 $(PY) -m handler.local test_input.json --outputs outputs
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest tests
 
 # The A1111-compatible HTTP server (http://127.0.0.1:7860/sdapi/v1/..., docs at /docs), on the demo model.

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from importlib.metadata import version
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .models_dir import CHECKPOINT_SUFFIX, Checkpoint

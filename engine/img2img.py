@@ -147,7 +147,8 @@ def _inpainting(job: Job, request: Img2ImgRequest, plans: list[MaskPlan | None],
     binaries = [plan.repaint.point(lambda v: 255 if v >= 128 else 0) if plan else Image.new("L", size, 255)
                 for plan in plans]
     gray = Image.new("RGB", size, (127, 127, 127))
-    masked = model.encode_images([Image.composite(gray, picture, binary) for picture, binary in zip(pictures, binaries)])
+    masked = model.encode_images([Image.composite(gray, picture, binary)
+                                  for picture, binary in zip(pictures, binaries)])
     condition_mask = torch.from_numpy(np.stack([np.asarray(b, dtype=np.float32) / 255 for b in binaries]))
     condition_mask = F.interpolate(condition_mask[:, None].to(init.device), size=(h, w))
     return Inpainting(init, mask, noise, unet_extra=torch.cat([condition_mask, masked], dim=1))

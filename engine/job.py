@@ -105,8 +105,9 @@ class Job:
         """A fresh scheduler for one batch on `model`'s noise schedule (the request's sampler and model unless
         others are given)."""
         delta = self.options.eta_noise_seed_delta if self.uses_noise_seed_delta else 0
-        return make_scheduler((model or self.model).scheduler_config, sampler or self.sampler, schedule or self.schedule,
-                              [seed + delta for seed in seeds])
+        config = (model or self.model).scheduler_config
+        seeds = [seed + delta for seed in seeds]
+        return make_scheduler(config, sampler or self.sampler, schedule or self.schedule, seeds)
 
     def restore_faces(self, images: list) -> list:
         """Decoded images with their faces restored when the request asks (before any inpainting overlay)."""

@@ -173,7 +173,7 @@ class Engine:
 
     def reload(self) -> None:
         self.unload()
-        self.model  # loads the current checkpoint
+        self.model_for(self.find_checkpoint(self.options.sd_model_checkpoint, "sd_model_checkpoint"))
 
 
 def _check_against_model(options: Options, model: LoadedModel, prefix: str = "") -> None:

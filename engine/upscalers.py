@@ -168,8 +168,9 @@ def load_descriptor(path: Path, label: str, field: str, device: torch.device,
             registry = registry.copy()
             registry.add(*importlib.import_module("spandrel_extra_arches").EXTRA_REGISTRY)
     except ImportError as error:
+        extra = "faces" if extra_architectures else "upscalers"
         raise RequestError(field, f"{label} needs the {error.name} package, which is not installed "
-                                  f"({error}); install a1111-worker[{'faces' if extra_architectures else 'upscalers'}]") from None
+                                  f"({error}); install a1111-worker[{extra}]") from None
     try:
         descriptor = spandrel.ModelLoader(device, registry).load_from_file(path)
     except Exception as error:  # spandrel raises several kinds for files it can't read or recognise

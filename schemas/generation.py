@@ -171,7 +171,7 @@ class GenerationRequest(BaseModel):
         try:
             sampler, _ = self.sampler
         except ValueError as error:
-            raise PydanticCustomError("sampler_schedule", "scheduler: {error}", {"error": str(error)})
+            raise PydanticCustomError("sampler_schedule", "scheduler: {error}", {"error": str(error)}) from None
         if sampler.ancestral and self.eta not in (None, 1):
             raise PydanticCustomError(
                 "eta", "eta: sampler '{sampler}' runs with eta 1 in this worker; send 1 or leave it out",

@@ -62,9 +62,9 @@ class Txt2ImgRequest(GenerationRequest):
                 "hires", "hr_scale: the hires size {w}x{h} must be within {lo}..{hi} per side",
                 {"w": width, "h": height, "lo": limits.MIN_SIDE, "hi": limits.MAX_HIRES_SIDE})
         try:
-            self.hires_sampler
+            _ = self.hires_sampler
         except ValueError as error:
-            raise PydanticCustomError("sampler_schedule", "hr_scheduler: {error}", {"error": str(error)})
+            raise PydanticCustomError("sampler_schedule", "hr_scheduler: {error}", {"error": str(error)}) from None
         # A1111: an empty hr_prompt is the prompt, tags included; a given one brings its own LoRAs
         self._hires_prompts = extra_networks_of(
             self.hr_prompt or self.prompt, self.hr_negative_prompt or self.negative_prompt,

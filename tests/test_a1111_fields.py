@@ -65,7 +65,8 @@ def test_img2img_infotext_fields(engine):
     buffer = io.BytesIO()
     init.save(buffer, format="PNG")
     text = "a cat\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 64x64, Denoising strength: 0.35, Mask blur: 2"
-    output = route(engine, "POST", "img2img", {"infotext": text, "init_images": [base64.b64encode(buffer.getvalue()).decode()]})
+    init_images = [base64.b64encode(buffer.getvalue()).decode()]
+    output = route(engine, "POST", "img2img", {"infotext": text, "init_images": init_images})
     assert output["parameters"]["denoising_strength"] == 0.35 and output["parameters"]["mask_blur"] == 2
 
 

@@ -125,7 +125,8 @@ def test_interrupted_download_resumes_with_a_range_request(tmp_path, server):
     models = tmp_path / "models"
     (models / "Stable-diffusion").mkdir(parents=True)
     (models / "Stable-diffusion/.model.safetensors.part").write_bytes(data[:1000])
-    manifest = write_manifest(tmp_path, f'[[checkpoints]]\nsource = "{url}/model.safetensors"\nsha256 = "{sha(data)}"\n')
+    manifest = write_manifest(tmp_path,
+                              f'[[checkpoints]]\nsource = "{url}/model.safetensors"\nsha256 = "{sha(data)}"\n')
     bake(read_manifest(manifest), models)
     assert seen == [("/model.safetensors", "bytes=1000-", None)]
     assert (models / "Stable-diffusion/model.safetensors").read_bytes() == data

@@ -31,7 +31,8 @@ def ti_engine(tiny_models_dir_factory, start_tiny_engine):
         vectors = content if isinstance(content, int) else word_vectors(engine.model.encoder, content)
         write_tiny_embedding(models_dir, name, vectors, suffix)
     write_tiny_embedding(models_dir, "Wide", 2, width=768)
-    save_file({"clip_g": torch.zeros(3, 1280), "clip_l": torch.zeros(3, 768)}, models_dir / "embeddings" / "XL.safetensors")
+    save_file({"clip_g": torch.zeros(3, 1280), "clip_l": torch.zeros(3, 768)},
+              models_dir / "embeddings" / "XL.safetensors")
     (models_dir / "embeddings" / "notes.pt").write_bytes(b"not an embedding")
     engine.embeddings.refresh()
     return engine

@@ -45,7 +45,8 @@ def test_hires_infotext_keys_in_a1111_order(engine):
     last_line = json.loads(output["info"])["infotexts"][0].splitlines()[-1]
     keys = [part.split(": ")[0] for part in last_line.split(", ")]
     assert keys.index("Denoising strength") < keys.index("Hires upscale") < keys.index("Hires steps") \
-        < keys.index("Hires upscaler") < keys.index("Hires sampler") < keys.index("Hires prompt") < keys.index("Version")
+        < keys.index("Hires upscaler") < keys.index("Hires sampler") < keys.index("Hires prompt") \
+        < keys.index("Version")
     assert "Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent, Hires sampler: DDIM" in last_line
 
 
@@ -62,7 +63,8 @@ def test_second_pass_runs_exactly_its_steps(engine, monkeypatch, hr_steps, expec
 def test_hires_changes_the_image_and_is_deterministic(engine):
     first = route(engine, "POST", "txt2img", {**BASE, "hr_upscaler": "Lanczos"})["images"]
     assert route(engine, "POST", "txt2img", {**BASE, "hr_upscaler": "Lanczos"})["images"] == first
-    assert route(engine, "POST", "txt2img", {**BASE, "hr_upscaler": "Lanczos", "denoising_strength": 0.9})["images"] != first
+    lanczos = route(engine, "POST", "txt2img", {**BASE, "hr_upscaler": "Lanczos", "denoising_strength": 0.9})
+    assert lanczos["images"] != first
 
 
 @pytest.mark.parametrize("payload, message", [

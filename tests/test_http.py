@@ -108,8 +108,8 @@ def test_validation_errors_are_422_naming_the_field(base):
 def test_unknown_endpoint_is_a_clear_404(base):
     response = requests.post(api(base) + "interrogate", json={}, timeout=10)
     assert response.status_code == 404
-    assert response.json() == {"error": "Not Found", "detail": "POST /sdapi/v1/interrogate is not offered by this worker",
-                               "body": "", "errors": ""}
+    detail = "POST /sdapi/v1/interrogate is not offered by this worker"
+    assert response.json() == {"error": "Not Found", "detail": detail, "body": "", "errors": ""}
 
 
 def test_openapi_docs(base):

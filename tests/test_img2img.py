@@ -21,7 +21,8 @@ def b64(image: Image.Image, fmt: str = "PNG", **save) -> str:
 
 
 def decoded(output: dict) -> list[np.ndarray]:
-    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(i))).convert("RGB")).astype(int) for i in output["images"]]
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(i))).convert("RGB")).astype(int)
+            for i in output["images"]]
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,8 @@ def test_round_trip_with_generated_image(engine):
     output = route(engine, "POST", "txt2img", request.model_dump())
     parsed = route(engine, "POST", "png-info", {"image": output["images"][0]})["parameters"]
     assert parsed["Prompt"] == "a cat" and parsed["Negative prompt"] == "dog"
-    assert (parsed["Steps"], parsed["Sampler"], parsed["Schedule type"], parsed["Seed"]) == ("2", "DPM++ 2M", "Karras", "9")
+    assert (parsed["Steps"], parsed["Sampler"], parsed["Schedule type"], parsed["Seed"]) == \
+        ("2", "DPM++ 2M", "Karras", "9")
     assert (parsed["Size-1"], parsed["Size-2"]) == ("64", "64")
     assert parsed["Model hash"] == engine.model.checkpoint.short_hash
 

@@ -3,7 +3,6 @@ refused by name, limits, seeds, and no torch import (../shared/a1111-api.md)."""
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from pathlib import Path

@@ -216,7 +216,8 @@ def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: 
         except QueueFull as error:
             return _error(503, "Service Unavailable", str(error), {"Retry-After": str(queue.retry_after())})
         except ValidationError as error:
-            return _unprocessable([{"loc": ["body", *map(_short, item["loc"])], "msg": item["msg"], "type": item["type"]}
+            return _unprocessable([{"loc": ["body", *map(_short, item["loc"])], "msg": item["msg"],
+                                    "type": item["type"]}
                                    for item in error.errors(include_url=False, include_context=False,
                                                             include_input=False)])
         except RequestError as error:

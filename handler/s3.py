@@ -1,10 +1,10 @@
 """Uploads to S3-compatible buckets (AWS S3, Cloudflare R2, MinIO, Backblaze B2, ...).
 
-boto3 is imported only here, and only when a job uploads (it costs cold-start time otherwise).
-Retries are boto3's own ("standard" mode). Checksums are computed only when required and the
-signature is s3v4: what R2 and MinIO accept, which recent boto3 defaults break. The client signs with
-the bucket's own keys; boto3's default credential chain (environment, ~/.aws, container and instance
-metadata services) is consulted only for a bucket of the operator's that opted in to it.
+botocore (boto3's core) is imported only here, and only when a job uploads (it costs cold-start
+time otherwise). Retries are botocore's own ("standard" mode). Checksums are computed only when
+required and the signature is s3v4: what R2 and MinIO accept, which recent boto3 defaults break. The
+client signs with the bucket's own keys; the default credential chain (environment, ~/.aws, container
+and instance metadata services) is consulted only for a bucket of the operator's that opted in to it.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ comes before any generation, and the worker serves the next job.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Thread
@@ -78,8 +79,6 @@ class _CredentialsHandler(BaseHTTPRequestHandler):
 def metadata(monkeypatch, tmp_path):
     """The stand-in metadata service, with every other source of AWS credentials and every BUCKET_*
     setting cleared."""
-    import os
-
     for name in list(os.environ):
         if name.startswith("BUCKET_") or name.startswith("AWS_"):
             monkeypatch.delenv(name)
@@ -248,7 +247,8 @@ def test_own_credentials_upload_with_those_only(engine, moto, metadata, monkeypa
 @pytest.mark.parametrize("job_input, s3_config", [({"delivery": {"bucket": "allowed-bucket"}}, None),
                                                    ({}, {"bucketName": "allowed-bucket"})],
                          ids=["delivery.bucket", "s3Config.bucketName"])
-def test_bucket_allowed_lets_a_request_use_the_operators_keys(engine, moto, metadata, monkeypatch, job_input, s3_config):
+def test_bucket_allowed_lets_a_request_use_the_operators_keys(engine, moto, metadata, monkeypatch, job_input,
+                                                              s3_config):
     configure_operator(monkeypatch, moto, BUCKET_ALLOWED="other-bucket, allowed-bucket",
                        BUCKET_PUBLIC_URL="https://cdn.example.com")
     job_id, output = run_job(engine, {**SMALL, **job_input}, **({"s3Config": s3_config} if s3_config else {}))

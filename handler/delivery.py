@@ -12,13 +12,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from engine.generation import Generation
 from engine.images import EncodedImage, encode_image
 from schemas import RequestError
 from schemas.delivery import DeliveryRequest, S3Config
 
+from .bucket_policy import job_bucket
 from .errors import describe
 from .s3 import Bucket, UploadError, upload
 
@@ -38,27 +39,20 @@ class Destination:
 
     job_id: str
     mode: str  # "base64" or "s3"
-    bucket: Bucket | None  # the configured bucket, with the job's and the request's overrides
+    bucket: Bucket | None  # the bucket the rules allow the job (handler/bucket_policy.py), or None
     limit: int  # the most base64 bytes the response may carry
 
     @classmethod
     def for_job(cls, job_id: str, delivery: dict | None = None, s3_config: dict | None = None,
                 env=os.environ) -> Destination:
-        try:
-            request = DeliveryRequest.model_validate(delivery) if delivery is not None else None
-        except ValidationError as error:
-            raise RequestError("delivery", describe(error)) from None
-        job_s3 = S3Config.model_validate(s3_config) if s3_config else None
-        bucket = Bucket.from_env(env)
-        named = (request and request.bucket) or (job_s3 and job_s3.bucketName)
-        if bucket is None and named:
-            bucket = Bucket(name=named)
-        if bucket is not None:
-            bucket = bucket.overridden(job_s3, request)
+        """The job's destination from its `delivery` and `s3Config` and the operator's settings; every rule
+        of handler/bucket_policy.py is checked here, before any generation work."""
+        request = _parsed("delivery", DeliveryRequest, delivery)
+        bucket = job_bucket(request, _parsed("s3Config", S3Config, s3_config or None), env)
         mode = (request and request.mode) or ("s3" if bucket else "base64")
         if mode == "s3" and bucket is None:
             raise RequestError("delivery.mode", "s3 needs a bucket: set BUCKET_NAME and the BUCKET_* settings, "
-                                                "send the job's s3Config, or name delivery.bucket")
+                                                "or send the job's s3Config with its own credentials")
         limit = int(float(env.get("RESPONSE_LIMIT_MB", DEFAULT_RESPONSE_LIMIT_MB)) * 1_000_000)
         return cls(job_id, mode, bucket, limit)
 
@@ -68,6 +62,16 @@ class Destination:
             return
         raise RequestError("batch_size", f"{count} images of {width}x{height} can't fit in the "
                                          f"{self.limit / 1e6:g} MB response as base64; {_FIX}")
+
+
+def _parsed(field: str, model: type[BaseModel], value: Any) -> Any:
+    """`value` validated as `model`, None for None; errors name the field and never echo a value (a secret)."""
+    if value is None:
+        return None
+    try:
+        return model.model_validate(value)
+    except ValidationError as error:
+        raise RequestError(field, describe(error, inputs=False)) from None
 
 
 _FIX = "configure a bucket (BUCKET_* settings or the job's s3Config) or ask for fewer or smaller images"

@@ -1,16 +1,16 @@
 """Uploads to S3-compatible buckets (AWS S3, Cloudflare R2, MinIO, Backblaze B2, ...).
 
-boto3 is imported only here, and only when a job uploads (it costs cold-start time otherwise).
-Retries are boto3's own ("standard" mode). Checksums are computed only when required and the
-signature is s3v4: what R2 and MinIO accept, which recent boto3 defaults break.
+botocore (boto3's core) is imported only here, and only when a job uploads (it costs cold-start
+time otherwise). Retries are botocore's own ("standard" mode). Checksums are computed only when
+required and the signature is s3v4: what R2 and MinIO accept, which recent boto3 defaults break. The
+client signs with the bucket's own keys; the default credential chain (environment, ~/.aws, container
+and instance metadata services) is consulted only for a bucket of the operator's that opted in to it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
-
-from schemas.delivery import DeliveryRequest, S3Config
+from dataclasses import dataclass
 
 
 class UploadError(RuntimeError):
@@ -29,14 +29,17 @@ class Bucket:
     expiry: int = 7 * 24 * 3600  # presigned URL lifetime, seconds
     addressing_style: str = "path"  # what MinIO needs and R2 and AWS accept
     max_attempts: int = 3
+    default_credentials: bool = False  # without keys, use boto3's default chain (BUCKET_USE_DEFAULT_CREDENTIALS)
 
     def __repr__(self) -> str:  # never print credentials
         return f"Bucket(name={self.name!r}, endpoint_url={self.endpoint_url!r}, prefix={self.prefix!r})"
 
     @classmethod
-    def from_env(cls, env=os.environ) -> Bucket | None:
-        """RunPod's BUCKET_* convention; None when no bucket is configured."""
-        name = env.get("BUCKET_NAME")
+    def from_env(cls, env=os.environ, name: str | None = None) -> Bucket | None:
+        """The operator's bucket, in RunPod's BUCKET_* convention: BUCKET_NAME, or `name` with the same
+        settings (BUCKET_PUBLIC_URL serves BUCKET_NAME only); None when neither names one."""
+        configured = env.get("BUCKET_NAME")
+        name = name or configured
         if not name:
             return None
         return cls(
@@ -46,24 +49,16 @@ class Bucket:
             secret_access_key=env.get("BUCKET_SECRET_ACCESS_KEY") or None,
             region=env.get("BUCKET_REGION") or None,
             prefix=env.get("BUCKET_PREFIX", ""),
-            public_url=env.get("BUCKET_PUBLIC_URL") or None,
+            public_url=(env.get("BUCKET_PUBLIC_URL") or None) if name == configured else None,
             expiry=int(env.get("BUCKET_URL_EXPIRY", 7 * 24 * 3600)),
             addressing_style=env.get("BUCKET_ADDRESSING_STYLE", "path"),
             max_attempts=int(env.get("BUCKET_MAX_ATTEMPTS", 3)),
+            default_credentials=env.get("BUCKET_USE_DEFAULT_CREDENTIALS") == "1",
         )
 
-    def overridden(self, s3_config: S3Config | None, request: DeliveryRequest | None) -> Bucket:
-        """This bucket with a job's s3Config and a request's bucket/prefix applied."""
-        bucket = self
-        if s3_config is not None:
-            bucket = replace(bucket, name=s3_config.bucketName or bucket.name,
-                             endpoint_url=s3_config.endpointUrl or bucket.endpoint_url,
-                             access_key_id=s3_config.accessId or bucket.access_key_id,
-                             secret_access_key=s3_config.accessSecret or bucket.secret_access_key)
-        if request is not None:
-            bucket = replace(bucket, name=request.bucket or bucket.name,
-                             prefix=bucket.prefix if request.prefix is None else request.prefix)
-        return bucket
+    @property
+    def has_keys(self) -> bool:
+        return bool(self.access_key_id and self.secret_access_key)
 
     def key(self, job_id: str, index: int, extension: str) -> str:
         """prefix/job id/index.extension: predictable, and unique per job and image."""
@@ -78,21 +73,13 @@ class Bucket:
 
 def upload(bucket: Bucket, job_id: str, images) -> list[str]:
     """Upload encoded images; their URLs (presigned, or plain under public_url), in order."""
-    import boto3
-    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client = boto3.client(
-        "s3",
-        endpoint_url=bucket.endpoint_url,
-        aws_access_key_id=bucket.access_key_id,
-        aws_secret_access_key=bucket.secret_access_key,
-        region_name=bucket.region,
-        config=Config(signature_version="s3v4", s3={"addressing_style": bucket.addressing_style},
-                      retries={"mode": "standard", "max_attempts": bucket.max_attempts},
-                      request_checksum_calculation="when_required", response_checksum_validation="when_required",
-                      connect_timeout=5, read_timeout=60),
-    )
+    if not bucket.has_keys and not bucket.default_credentials:
+        raise UploadError(f"upload to bucket '{bucket.name}' needs credentials: set BUCKET_ACCESS_KEY_ID and "
+                          "BUCKET_SECRET_ACCESS_KEY, or BUCKET_USE_DEFAULT_CREDENTIALS=1 for the default AWS "
+                          "credential chain (an IAM role)")
+    client = _client(bucket)
     urls = []
     try:
         for index, image in enumerate(images):
@@ -108,3 +95,26 @@ def upload(bucket: Bucket, job_id: str, images) -> list[str]:
     except BotoCoreError as error:
         raise UploadError(bucket.scrub(f"upload to bucket '{bucket.name}' failed: {error}")) from None
     return urls
+
+
+def _client(bucket: Bucket):
+    """An S3 client for the bucket. Unless the bucket opted in to the default credential chain, its
+    session has no credential provider at all: it signs with the bucket's keys or not at all."""
+    import botocore.session
+    from botocore.config import Config
+    from botocore.credentials import CredentialResolver
+
+    session = botocore.session.get_session()
+    if not bucket.default_credentials:
+        session.register_component("credential_provider", CredentialResolver(providers=[]))
+    return session.create_client(
+        "s3",
+        endpoint_url=bucket.endpoint_url,
+        aws_access_key_id=bucket.access_key_id,
+        aws_secret_access_key=bucket.secret_access_key,
+        region_name=bucket.region,
+        config=Config(signature_version="s3v4", s3={"addressing_style": bucket.addressing_style},
+                      retries={"mode": "standard", "max_attempts": bucket.max_attempts},
+                      request_checksum_calculation="when_required", response_checksum_validation="when_required",
+                      connect_timeout=5, read_timeout=60),
+    )

@@ -1,7 +1,8 @@
 """The RunPod serverless adapter: job input -> router -> A1111 response, or a FAILED job with one line.
 
 Images are delivered as the job asks (`input.delivery`, the job's `s3Config`, BUCKET_* settings): see
-handler/delivery.py. Accepted inputs (../shared/runpod.md):
+handler/delivery.py. Each job logs one line: id, endpoint, size, seconds, outcome (never images,
+prompts or credentials). Accepted inputs (../shared/runpod.md):
   - the bare A1111 body, routed by its keys (BARE_BODY_KEYS): img2img when it has `init_images`,
     extra-batch-images when it has `imageList`, extra-single-image when it has `image`, else txt2img
   - the envelope: {"api": {"method": "POST", "endpoint": "/sdapi/v1/txt2img"}, "payload": {...}}
@@ -10,18 +11,20 @@ handler/delivery.py. Accepted inputs (../shared/runpod.md):
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from engine.faults import OutOfMemory
 from schemas import RequestError
 from schemas.errors import quoted
 
 from .delivery import DeliveryError, Destination
 from .errors import BadEnvelope, describe
-from .router import UnknownEndpoint, route
+from .router import UnknownEndpoint, normalize_endpoint, route
 
 if TYPE_CHECKING:
     from engine.runtime import Engine
@@ -66,15 +69,45 @@ def parse_job_input(job_input: Any) -> tuple[str, str, dict[str, Any]]:
 def make_handler(engine: Engine) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def handle(job: dict[str, Any]) -> dict[str, Any]:
         """A returned string `error` makes the job FAILED; the worker goes on to the next job."""
-        try:
-            method, endpoint, payload = parse_job_input(job.get("input"))
-            destination = Destination.for_job(str(job.get("id") or uuid.uuid4().hex), job["input"].get("delivery"),
-                                              job.get("s3Config"))
-            return route(engine, method, endpoint, payload, destination)
-        except _CALLER_ERRORS as error:
-            return {"error": describe(error)}
-        except Exception as error:  # a bug or a device failure: report it, keep serving
-            log.exception("job %s failed", job.get("id"))
-            return {"error": f"internal error: {type(error).__name__}: {describe(error)}"}
+        started, job_id = time.monotonic(), str(job.get("id") or uuid.uuid4().hex)
+        output, outcome, failure = _run(engine, job_id, job)
+        endpoint, size = _summary(job.get("input"))
+        log.log(logging.ERROR if failure else logging.INFO, "job %s: %s %s, %.2f s, %s", _one_line(job_id, 100),
+                _one_line(endpoint, 40), size, time.monotonic() - started, outcome, exc_info=failure)
+        return output
 
     return handle
+
+
+def _run(engine: Engine, job_id: str, job: dict[str, Any]) -> tuple[dict[str, Any], str, Exception | None]:
+    """(the job's output, its outcome for the log, the exception of an internal error: its traceback is logged)."""
+    try:
+        method, endpoint, payload = parse_job_input(job.get("input"))
+        destination = Destination.for_job(job_id, job["input"].get("delivery"), job.get("s3Config"))
+        return route(engine, method, endpoint, payload, destination), "ok", None
+    except _CALLER_ERRORS as error:
+        message = describe(error)
+        return {"error": message}, f"client error: {_one_line(message, 200)}", None
+    except OutOfMemory as error:  # the server's limit, not a bug: its own message; the cache was emptied
+        return {"error": str(error)}, "out of memory", error
+    except Exception as error:  # a bug or a device failure: report it, keep serving
+        return {"error": f"internal error: {type(error).__name__}: {describe(error)}"}, "internal error", error
+
+
+def _summary(job_input: Any) -> tuple[str, str]:
+    """(endpoint, `WxHxN`: width, height, batch_size * n_iter) as far as the input says; `-` for unknown."""
+    try:
+        _, endpoint, payload = parse_job_input(job_input)
+    except BadEnvelope:
+        return "-", "-"
+    numbers = [payload.get(key, default) for key, default in
+               (("width", None), ("height", None), ("batch_size", 1), ("n_iter", 1))]
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        return normalize_endpoint(endpoint), "-"
+    width, height, batch_size, n_iter = numbers
+    return normalize_endpoint(endpoint), f"{width}x{height}x{batch_size * n_iter}"
+
+
+def _one_line(text: str, limit: int) -> str:
+    """Text a request chose, fit for one log line: control characters and whitespace folded, cut at `limit`."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:limit]

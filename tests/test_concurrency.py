@@ -158,7 +158,7 @@ def test_queue_size_must_be_a_whole_number(engine, monkeypatch, value):
 
 
 def test_a_server_fault_is_a_500_with_its_traceback_in_the_log(engine, monkeypatch, caplog):
-    def fail(request):
+    def fail(request, *rest):
         raise RuntimeError("the device\nfell over")
 
     monkeypatch.setattr(engine, "txt2img", fail)

@@ -172,7 +172,7 @@ def test_oversized_base64_without_a_bucket_fails_naming_the_limit(engine, monkey
 
 def test_request_that_cannot_fit_is_refused_before_generating(engine, monkeypatch):
     calls = []
-    monkeypatch.setattr(engine, "txt2img", lambda request: calls.append(request))
+    monkeypatch.setattr(engine, "txt2img", lambda request, *rest: calls.append(request))
     error = run_job(engine, {**BODY, "width": 2048, "height": 2048, "batch_size": 8, "n_iter": 10})["error"]
     assert error.startswith("batch_size: 80 images of 2048x2048 can't fit") and calls == []
 

@@ -364,3 +364,17 @@ def test_a_body_over_the_size_limit_is_refused_before_it_is_read(client, monkeyp
 def test_validation_locations_quote_only_a_prefix(client):
     response = client.post("/sdapi/v1/txt2img", json={**TINY, "override_settings": {"k" * 100_000: 1}})
     assert response.status_code == 422 and len(response.text) < 3000
+
+
+def test_out_of_memory_fails_the_runpod_job_with_its_own_message(engine, monkeypatch):
+    from handler.worker import make_handler
+
+    handle = make_handler(engine)
+    with monkeypatch.context() as patch:
+        def out_of_memory(*args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+        patch.setattr(engine.model.unet, "forward", out_of_memory)
+        output = handle({"id": "oom", "input": {**TINY, "batch_size": 3}})
+    assert output == {"error": "out of CPU memory at 64x64, batch 3; ask for fewer or smaller images"}
+    assert "images" in handle({"id": "after", "input": TINY})

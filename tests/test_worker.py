@@ -164,7 +164,7 @@ def test_engine_failure_is_an_internal_error_and_the_worker_goes_on(engine, monk
     original = engine.txt2img
     calls = []
 
-    def fail_once(request):
+    def fail_once(request, *rest):
         calls.append(request)
         if len(calls) == 1:
             raise RuntimeError("CUDA out of memory.\nTried to allocate 2.00 GiB")

@@ -7,6 +7,7 @@ The same image as the RunPod worker serves this, with this as its command.
 import argparse
 import os
 
+from ..logs import configure_logging
 from ..startup import start_engine
 
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-auth", type=parse_credentials, default=[],
                         help="HTTP Basic credentials, user:pass[,user2:pass2]")
     args = parser.parse_args(argv)
+    configure_logging()
     engine = start_engine(beside=("fastapi", "uvicorn"))
     import uvicorn  # imported by now
 

@@ -17,7 +17,7 @@ from .samplers import DEFAULT_SAMPLER, Sampler, Schedule, find_sampler, find_sch
 
 
 def _blank_seed_is_random(value: Any) -> Any:
-    return -1 if value is None or value == "" else value
+    return -1 if value == "" else value  # "" is random, as -1 and null (the default) are
 
 
 Seed = Annotated[int, BeforeValidator(_blank_seed_is_random), Field(ge=-1, lt=2**32)]
@@ -27,6 +27,10 @@ class GenerationRequest(BaseModel):
     """Every field A1111 v1.10 documents for both txt2img and img2img. Unknown fields are ignored."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    # A1111 declares its request fields Optional (null: the default) except these, whose null it refuses.
+    null_refused: ClassVar[frozenset[str]] = frozenset({"sampler_index", "script_args", "send_images", "save_images",
+                                                        "alwayson_scripts"})
 
     # Fields accepted but not implemented yet: a value outside these is refused, never dropped.
     # Subclasses add their own; an issue that implements one removes it here.
@@ -89,6 +93,14 @@ class GenerationRequest(BaseModel):
     infotext: str | None = None
     _prompts: PassPrompts = PrivateAttr()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        """A null stands for the field's default, as in A1111, except where A1111 refuses it."""
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None or key in cls.null_refused}
+        return data
+
     @field_validator("*")
     @classmethod
     def _refuse_not_implemented(cls, value: Any, info) -> Any:
@@ -132,8 +144,7 @@ class GenerationRequest(BaseModel):
         except ValidationError as error:
             problems = "; ".join(
                 f"{'.'.join(cut(str(part)) for part in e['loc'])}: "
-                + ("not supported by this worker; supported: " + ", ".join(Options.model_fields)
-                   if e["type"] == "extra_forbidden" else e["msg"])
+                + ("unknown option" if e["type"] == "extra_forbidden" else e["msg"])
                 for e in error.errors(include_url=False)
             )
             raise PydanticCustomError("option", "{problems}", {"problems": problems}) from None

@@ -10,6 +10,7 @@ from .generation import GenerationRequest
 
 
 class Img2ImgRequest(GenerationRequest):
+    null_refused = GenerationRequest.null_refused | {"init_images", "denoising_strength", "include_init_images"}
     not_implemented = {
         **GenerationRequest.not_implemented,
         "latent_mask": (None, ""),

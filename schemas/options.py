@@ -362,8 +362,8 @@ _StoredOptions = create_model("StoredOptions", __config__=_CONFIG,
 
 
 class Options(_StoredOptions):
-    """Every A1111 option; the fields below are typed and change generations (those marked "not used yet" are
-    read by work in progress)."""
+    """Every A1111 option: UI_OPTIONS's stored as given, and below, typed and checked, those that change
+    generations or will ("not used yet": read by work in progress)."""
 
     model_config = _CONFIG
 

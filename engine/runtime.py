@@ -47,7 +47,7 @@ class Engine:
         self.embeddings = Embeddings(models_dir)  # read on first use
         self.loras = LoraLibrary(models_dir)  # finds files; each checkpoint loads them on first use
         self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
-        self.options = Options(sd_model_checkpoint=checkpoint.title)  # hashes the checkpoint at start
+        self.options = _selecting(Options(), checkpoint)  # hashes the checkpoint at start
         self.progress = Progress()
         self.model_for(checkpoint)
 
@@ -122,7 +122,7 @@ class Engine:
                 for used in {id(model): model, id(hires_model): hires_model}.values():
                     used.loras.deactivate()  # the next request starts from the base model
         if not request.override_settings_restore_afterwards:
-            self.options = options.model_copy(update={"sd_model_checkpoint": model.checkpoint.title})
+            self.options = _selecting(options, model.checkpoint)
         return generation
 
     def _face_restorer(self, request: GenerationRequest, options: Options) -> FaceRestorer | None:
@@ -148,7 +148,7 @@ class Engine:
             return extras(self.upscalers, self.faces, request, images, self.options)
 
     def set_options(self, values: dict[str, Any]) -> None:
-        """POST /options: known options are validated (against the checkpoint they select, which is loaded, as
+        """POST /options: A1111's options are validated (against the checkpoint they select, which is loaded, as
         is a new sd_vae) and stored only when all of them are good; unknown keys are ignored (as A1111 does)."""
         known = {key: value for key, value in values.items() if key in Options.model_fields}
         options = self.options.merged(known)
@@ -157,7 +157,7 @@ class Engine:
             model = self.model_for(checkpoint)
             _check_against_model(options, model)
             self.vaes.find(options.sd_vae, model, "sd_vae")  # validated and loaded; generations apply it
-        self.options = options.model_copy(update={"sd_model_checkpoint": checkpoint.title})
+        self.options = _selecting(options, checkpoint)
 
     def refresh_checkpoints(self) -> None:
         self.checkpoints = list_checkpoints(self.models_dir)
@@ -174,6 +174,11 @@ class Engine:
     def reload(self) -> None:
         self.unload()
         self.model_for(self.find_checkpoint(self.options.sd_model_checkpoint, "sd_model_checkpoint"))
+
+
+def _selecting(options: Options, checkpoint: Checkpoint) -> Options:
+    """`options` with `checkpoint` as the loaded one, named as A1111 reports it: its title and sha256."""
+    return options.model_copy(update={"sd_model_checkpoint": checkpoint.title, "sd_checkpoint_hash": checkpoint.sha256})
 
 
 def _check_against_model(options: Options, model: LoadedModel, prefix: str = "") -> None:

@@ -18,7 +18,7 @@ from .samplers import DEFAULT_SAMPLER, Sampler, Schedule, find_sampler, find_sch
 
 
 def _blank_seed_is_random(value: Any) -> Any:
-    return -1 if value is None or value == "" else value
+    return -1 if value == "" else value  # "" is random, as -1 and null (the default) are
 
 
 Seed = Annotated[int, BeforeValidator(_blank_seed_is_random), Field(ge=-1, lt=2**32)]
@@ -28,6 +28,10 @@ class GenerationRequest(BaseModel):
     """Every field A1111 v1.10 documents for both txt2img and img2img. Unknown fields are ignored."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    # A1111 declares its request fields Optional (null: the default) except these, whose null it refuses.
+    null_refused: ClassVar[frozenset[str]] = frozenset({"sampler_index", "script_args", "send_images", "save_images",
+                                                        "alwayson_scripts"})
 
     # Fields accepted but not implemented yet: a value outside these is refused, never dropped.
     # Subclasses add their own; an issue that implements one removes it here.
@@ -101,15 +105,19 @@ class GenerationRequest(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _fill_from_infotext(cls, data: Any) -> Any:
-        """`infotext` (A1111 1.8+) fills the fields the request leaves unset."""
-        if not isinstance(data, dict) or not isinstance(data.get("infotext"), str) or not data["infotext"]:
+    def _read_as_a1111(cls, data: Any) -> Any:
+        """A body as A1111 reads it: `infotext` (1.8+) fills the fields the request leaves out (one sent, even as
+        null, keeps its value); then a null stands for the field's default, except where A1111 refuses it."""
+        if not isinstance(data, dict):
             return data
-        if len(data["infotext"]) > limits.MAX_INFOTEXT_CHARS:
-            raise PydanticCustomError("too_long", "infotext: at most {max} characters (WORKER_MAX_INFOTEXT_CHARS)",
-                                      {"max": limits.MAX_INFOTEXT_CHARS})
-        return request_from_infotext(data["infotext"], cls.infotext_fields, data, Options.model_fields,
-                                     hires="enable_hr" in cls.model_fields)
+        infotext = data.get("infotext")
+        if isinstance(infotext, str) and infotext:
+            if len(infotext) > limits.MAX_INFOTEXT_CHARS:
+                raise PydanticCustomError("too_long", "infotext: at most {max} characters (WORKER_MAX_INFOTEXT_CHARS)",
+                                          {"max": limits.MAX_INFOTEXT_CHARS})
+            data = request_from_infotext(infotext, cls.infotext_fields, data, Options.model_fields,
+                                         hires="enable_hr" in cls.model_fields)
+        return {key: value for key, value in data.items() if value is not None or key in cls.null_refused}
 
     @field_validator("*")
     @classmethod
@@ -154,8 +162,7 @@ class GenerationRequest(BaseModel):
         except ValidationError as error:
             problems = "; ".join(
                 f"{'.'.join(cut(str(part)) for part in e['loc'])}: "
-                + ("not supported by this worker; supported: " + ", ".join(Options.model_fields)
-                   if e["type"] == "extra_forbidden" else e["msg"])
+                + ("unknown option" if e["type"] == "extra_forbidden" else e["msg"])
                 for e in error.errors(include_url=False)
             )
             raise PydanticCustomError("option", "{problems}", {"problems": problems}) from None

@@ -10,8 +10,10 @@ from .generation import GenerationRequest
 
 
 class Img2ImgRequest(GenerationRequest):
+    null_refused = GenerationRequest.null_refused | {"init_images", "denoising_strength", "include_init_images"}
     infotext_fields = {**GenerationRequest.infotext_fields, "Image CFG scale": "image_cfg_scale",
                        "Mask blur": "mask_blur"}
+
     init_images: list[str] = Field(min_length=1, description="base64 images or data: URIs")
     resize_mode: int = Field(0, ge=0, le=3, description="0 just resize, 1 crop and resize, 2 resize and fill, "
                                                          "3 just resize (latent upscale)")

@@ -10,66 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from a1111_payloads import A1111_TXT2IMG
 from handler.errors import describe
 from schemas import Txt2ImgRequest, limits
-
-# a1111-api.md, "txt2img request fields and their API defaults", written out field by field
-A1111_TXT2IMG_DEFAULTS = {
-    "prompt": "",
-    "negative_prompt": "",
-    "styles": None,
-    "seed": -1,
-    "subseed": -1,
-    "subseed_strength": 0,
-    "seed_resize_from_h": -1,
-    "seed_resize_from_w": -1,
-    "sampler_name": None,
-    "scheduler": None,
-    "batch_size": 1,
-    "n_iter": 1,
-    "steps": 50,
-    "cfg_scale": 7.0,
-    "width": 512,
-    "height": 512,
-    "restore_faces": None,
-    "tiling": None,
-    "do_not_save_samples": False,
-    "do_not_save_grid": False,
-    "eta": None,
-    "denoising_strength": None,
-    "s_min_uncond": None,
-    "s_churn": None,
-    "s_tmax": None,
-    "s_tmin": None,
-    "s_noise": None,
-    "override_settings": None,
-    "override_settings_restore_afterwards": True,
-    "refiner_checkpoint": None,
-    "refiner_switch_at": None,
-    "disable_extra_networks": False,
-    "comments": None,
-    "enable_hr": False,
-    "firstphase_width": 0,
-    "firstphase_height": 0,
-    "hr_scale": 2.0,
-    "hr_upscaler": None,
-    "hr_second_pass_steps": 0,
-    "hr_resize_x": 0,
-    "hr_resize_y": 0,
-    "hr_checkpoint_name": None,
-    "hr_sampler_name": None,
-    "hr_scheduler": None,
-    "hr_prompt": "",
-    "hr_negative_prompt": "",
-    "force_task_id": None,
-    "sampler_index": "Euler",
-    "script_name": None,
-    "script_args": [],
-    "send_images": True,
-    "save_images": False,
-    "alwayson_scripts": {},
-    "infotext": None,
-}
 
 # What webuiapi (PyPI) sends for a plain `api.txt2img(prompt=...)` with its defaults.
 WEBUIAPI_DEFAULT_PAYLOAD = {
@@ -144,7 +87,7 @@ def refusal(payload: dict) -> str:
 
 # ---------------------------------------------------------------- defaults
 
-@pytest.mark.parametrize("field,expected", list(A1111_TXT2IMG_DEFAULTS.items()), ids=list(A1111_TXT2IMG_DEFAULTS))
+@pytest.mark.parametrize("field,expected", list(A1111_TXT2IMG.items()), ids=list(A1111_TXT2IMG))
 def test_default_is_a1111s(field, expected):
     assert field in Txt2ImgRequest.model_fields, f"{field} is not a request field"
     actual = getattr(Txt2ImgRequest(), field)
@@ -157,7 +100,7 @@ def test_default_is_a1111s(field, expected):
 
 def test_default_request_round_trips_through_its_json_echo():
     echoed = Txt2ImgRequest().model_dump(mode="json")
-    for field, expected in A1111_TXT2IMG_DEFAULTS.items():
+    for field, expected in A1111_TXT2IMG.items():
         assert echoed[field] == expected, field
     assert Txt2ImgRequest.model_validate(echoed) == Txt2ImgRequest()
 
@@ -202,7 +145,7 @@ def test_not_implemented_field_with_non_default_value_is_refused_by_name(field):
 
 @pytest.mark.parametrize("field", sorted(Txt2ImgRequest.not_implemented))
 def test_not_implemented_field_sent_with_its_a1111_default_is_accepted(field):
-    default = A1111_TXT2IMG_DEFAULTS.get(field, Txt2ImgRequest.model_fields[field].default)
+    default = A1111_TXT2IMG.get(field, Txt2ImgRequest.model_fields[field].default)
     assert getattr(Txt2ImgRequest.model_validate({field: default}), field) == default
 
 

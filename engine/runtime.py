@@ -119,7 +119,7 @@ class Engine:
             try:
                 generation = operation(model, options, hires_model)
             finally:
-                for used in {id(model): model, id(hires_model): hires_model}.values():
+                for used in (model,) if hires_model is model else (model, hires_model):
                     used.loras.deactivate()  # the next request starts from the base model
         if not request.override_settings_restore_afterwards:
             self.options = _selecting(options, model.checkpoint)
@@ -171,9 +171,10 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def reload(self) -> None:
+    def reload(self) -> LoadedModel:
+        """Unload everything, then load the current checkpoint again."""
         self.unload()
-        self.model_for(self.find_checkpoint(self.options.sd_model_checkpoint, "sd_model_checkpoint"))
+        return self.model
 
 
 def _selecting(options: Options, checkpoint: Checkpoint) -> Options:

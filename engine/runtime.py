@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from schemas import ExtrasRequest, GenerationRequest, Img2ImgRequest, Options, RequestError, Txt2ImgRequest
+from schemas.errors import quoted
 
 from .device import pick_device, pick_dtype
 from .embeddings import Embeddings
@@ -82,8 +83,10 @@ class Engine:
             self.checkpoints = list_checkpoints(self.models_dir)  # files may have been added
             try:
                 return find_checkpoint(self.checkpoints, name)
-            except LookupError as error:
-                raise RequestError(field, str(error)) from None
+            except LookupError:
+                names = ", ".join(c.name for c in self.checkpoints) or "none"
+                raise RequestError(field, f"no checkpoint {quoted(name)} in the models directory; "
+                                          f"available: {names}") from None
 
     def model_for(self, checkpoint: Checkpoint) -> LoadedModel:
         if checkpoint.path in self._loaded:

@@ -3,6 +3,7 @@
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -76,3 +77,18 @@ def test_dependencies_are_pinned_and_the_manifest_parses():
 
     assert [e.relative_path for e in read_manifest(ROOT / "models.toml")] == [
         "Stable-diffusion/v1-5-pruned-emaonly.safetensors"]
+
+
+def test_the_fetch_stage_imports_with_only_the_files_it_copies(tmp_path):
+    """The fetch stage runs engine.bake with nothing but its COPY'd files and the standard library (its
+    third-party imports are lazy): an import of another package there would fail only in a docker build."""
+    for line in stages()["fetch"]:
+        if line.startswith("COPY engine"):
+            *sources, destination = line.split()[1:]
+            for source in sources:
+                target = tmp_path / destination / Path(source).name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / source, target)
+    result = subprocess.run([sys.executable, "-S", "-c", "import engine.bake"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
-from schemas.errors import quoted
-
 CHECKPOINTS_SUBDIR = "Stable-diffusion"
 CHECKPOINT_SUFFIX = ".safetensors"
 VAE_BESIDE_CHECKPOINT = ".vae" + CHECKPOINT_SUFFIX  # a VAE file beside the checkpoints (engine/vae.py), not one
@@ -181,7 +179,7 @@ def find_checkpoint(checkpoints: list[Checkpoint], wanted: str) -> Checkpoint:
         if checkpoint.matches(wanted):
             return checkpoint
     names = ", ".join(c.name for c in checkpoints) or "none"
-    raise LookupError(f"no checkpoint {quoted(wanted)} in the models directory; available: {names}")
+    raise LookupError(f"no checkpoint {wanted!r} in the models directory; available: {names}")
 
 
 def default_checkpoint(models_dir: Path, wanted: str | None = None) -> Checkpoint:

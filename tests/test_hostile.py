@@ -267,7 +267,7 @@ CORPUS: list[Case] = [
     C("hr_upscaler-100kB", "txt2img", hires(hr_upscaler=HUGE_NAME), "hr_upscaler"),
     C("extras-upscaler_1-unknown", "extra-single-image", single(upscaler_1="Nope"), "upscaler_1"),
     C("extras-upscaler_2-traversal", "extra-batch-images",
-      batch(upscaler_2="../../etc/passwd", extras_upscaler_2_visibility=0.5), "upscaler_2"),
+      batch(upscaler_1="Lanczos", upscaler_2="../../etc/passwd", extras_upscaler_2_visibility=0.5), "upscaler_2"),
     C("restore_faces-without-models", "txt2img", t2i(restore_faces=True), "restore_faces"),
     # --- images: bad base64, not images, truncated, decompression bombs, URLs
     C("init_images-bad-base64", "img2img", i2i(init_images=[BAD_BASE64]), "init_images"),

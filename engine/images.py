@@ -15,6 +15,7 @@ from schemas.limits import MAX_INPUT_PIXELS
 
 INFOTEXT_CHUNK = "parameters"
 _DATA_URI_MARK = ";base64,"
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP")  # what a request's images may be: PIL reads far more (TIFF's LAB, ...)
 _NOT_AN_IMAGE = "not a base64-encoded PNG, JPEG or WebP image"
 # EXIF UserComment starts with an 8-byte character code (EXIF 2.3, 4.6.5)
 _UNICODE = b"UNICODE\0"
@@ -27,7 +28,7 @@ def decode_image(data: str, field: str) -> Image.Image:
     if data.startswith("data:") and _DATA_URI_MARK in data:
         data = data.split(_DATA_URI_MARK, 1)[1]
     try:
-        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)), formats=INPUT_FORMATS)
     except Image.DecompressionBombError:  # PIL's own limit: the header declares a huge image
         raise RequestError(field, f"the image has more than {MAX_INPUT_PIXELS} pixels (WORKER_MAX_INPUT_PIXELS)") \
             from None

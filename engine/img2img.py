@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from schemas import Img2ImgRequest, Options
+from schemas.limits import MAX_SIDE
 
 from . import image_ops
 from .face_restoration import FaceRestorer
@@ -91,11 +92,17 @@ def _frame(request: Img2ImgRequest, image: Image.Image, plan: MaskPlan | None) -
         return image, image_ops.resize_image(image.crop(plan.box), request.width, request.height, 2)
     if request.resize_mode == LATENT_RESIZE_MODE:
         resized = image_ops.resize_image(image, request.width, request.height, 0)
-        multiple = 8  # encoded at its own size (floored to the VAE's multiple), resized as latents
-        own_size = (max(image.width // multiple, 1) * multiple, max(image.height // multiple, 1) * multiple)
-        return resized, image.resize(own_size, Image.Resampling.LANCZOS)
+        return resized, image.resize(_latent_mode_size(image), Image.Resampling.LANCZOS)
     resized = image_ops.resize_image(image, request.width, request.height, request.resize_mode)
     return resized, resized
+
+
+def _latent_mode_size(image: Image.Image) -> tuple[int, int]:
+    """The size resize mode 3 encodes an init image at before resizing its latents: its own, floored to the VAE's
+    multiple, and shrunk (keeping its aspect ratio) to MAX_SIDE per side at most."""
+    scale = min(1.0, MAX_SIDE / max(image.size))
+    multiple = 8
+    return tuple(max(int(side * scale) // multiple, 1) * multiple for side in image.size)
 
 
 def _generate(job: Job, request: Img2ImgRequest, options: Options, sources: list[tuple[Image.Image, MaskPlan | None]],

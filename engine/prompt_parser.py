@@ -27,7 +27,7 @@ __all__ = ["parse_attention", "prompt_schedules", "split_and"]
 _ROUND_FACTOR = 1.1
 _SQUARE_FACTOR = 1 / 1.1  # multiplied by, as A1111 does, so that the floats come out identical
 _WEIGHT_CLOSE = re.compile(r":\s*([+-]?[.\d]+)\s*\)")  # ":1.3)" closing an explicit-weight group
-_BREAK_WORD = re.compile(r"\s*\bBREAK\b\s*")
+_BREAK_WORD = re.compile(r"\bBREAK\b")
 _ESCAPABLE = "()[]\\"
 _SPECIAL = "\\()[]:"
 
@@ -55,7 +55,7 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
             frag[1] *= factor
 
     def add_text(chunk: str) -> None:
-        for n, part in enumerate(_BREAK_WORD.split(chunk)):
+        for n, part in enumerate(_split_breaks(chunk)):
             if n:
                 frags.append(["BREAK", -1])
             frags.append([part, 1.0])
@@ -119,6 +119,14 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
         else:
             merged.append(frag)
     return [(fragment, weight) for fragment, weight in merged]
+
+
+def _split_breaks(text: str) -> list[str]:
+    """`text` split at each word BREAK, the whitespace around it removed (as A1111's ``\\s*\\bBREAK\\b\\s*``
+    splits, in linear time: that pattern is quadratic on long runs of spaces)."""
+    parts = _BREAK_WORD.split(text)
+    before_breaks = [part.rstrip() for part in parts[:-1]] + parts[-1:]
+    return before_breaks[:1] + [part.lstrip() for part in before_breaks[1:]]
 
 
 def _to_float(s: str) -> float | None:
@@ -387,8 +395,7 @@ def prompt_schedules(prompt: str, steps: int) -> list[tuple[int, str]]:
 # Composable diffusion (AND)
 
 _AND = re.compile(r"\bAND\b")
-_AND_WEIGHT = re.compile(r"\s*:\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*$")
-_TRAILING_SPACE = re.compile(r"\s*$")
+_AND_WEIGHT = re.compile(r":\s*([+-]?(?:\d+\.?\d*|\.\d+))")  # a sub-prompt's last ":" and what follows it
 
 
 def split_and(prompt: str) -> list[tuple[str, float]]:
@@ -401,9 +408,8 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
     """
     result: list[tuple[str, float]] = []
     for part in _AND.split(prompt):
-        m = _AND_WEIGHT.search(part)
-        if m is not None:
-            result.append((part[: m.start()], float(m.group(1))))
-        else:
-            result.append((part[: _TRAILING_SPACE.search(part).start()], 1.0))
+        text = part.rstrip()  # str methods, not a `\s*$` search: that is quadratic on long runs of spaces
+        head, colon, tail = text.rpartition(":")
+        weight = _AND_WEIGHT.fullmatch(colon + tail) if colon else None
+        result.append((head.rstrip(), float(weight.group(1))) if weight else (text, 1.0))
     return result

@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 
 from .errors import cut, quoted
+from .prompt_bounds import check_prompt
 
-EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+EXTRA_NETWORK = re.compile(r"<(\w+):([^<>]+)>")  # A1111's [^>] with "<" left out: linear on "<a:<a:<a:..."
 LORA_KINDS = ("lora", "lyco")
 _NAMED = ("te", "unet")
 
@@ -45,6 +46,8 @@ def pass_prompts(prompt: str, negative_prompt: str, fields: tuple[str, str], ena
     `enabled` false (disable_extra_networks) every tag is removed and ignored, as in A1111."""
     text, loras = strip_extra_networks(prompt, fields[0], enabled)
     negative, negative_loras = strip_extra_networks(negative_prompt, fields[1], enabled)
+    check_prompt(text, fields[0])
+    check_prompt(negative, fields[1])
     return PassPrompts(text, negative, (*loras, *negative_loras), fields)
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from . import limits
 from .generation import GenerationRequest
 
 
@@ -14,7 +15,8 @@ class Img2ImgRequest(GenerationRequest):
     infotext_fields = {**GenerationRequest.infotext_fields, "Image CFG scale": "image_cfg_scale",
                        "Mask blur": "mask_blur"}
 
-    init_images: list[str] = Field(min_length=1, description="base64 images or data: URIs")
+    init_images: list[str] = Field(min_length=1, max_length=limits.MAX_IMAGES,
+                                   description="base64 images or data: URIs")
     resize_mode: int = Field(0, ge=0, le=3, description="0 just resize, 1 crop and resize, 2 resize and fill, "
                                                          "3 just resize (latent upscale)")
     denoising_strength: float = Field(0.75, ge=0, le=1)

@@ -10,7 +10,8 @@ from collections.abc import Container
 from typing import Any
 
 # one `Key: value` pair of the parameters line; a value is JSON-quoted or runs to the next comma
-_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# (A1111's, with keys of at most 100 characters: unbounded, a long line without ":" takes quadratic time)
+_PARAM = re.compile(r'\s*(\w[\w \-/]{0,99}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 _NEGATIVE = "Negative prompt:"
 

@@ -41,6 +41,8 @@ MAX_SEED_DELTA = 2**32 - 1  # eta_noise_seed_delta: seed + delta stays a valid g
 MAX_PROMPT_CHARS = _setting("WORKER_MAX_PROMPT_CHARS", 20_000)  # checked first, before tokenizing
 MAX_PROMPT_CHUNKS = _setting("WORKER_MAX_PROMPT_CHUNKS", 20)  # 75-token chunks (BREAK starts one)
 MAX_SUBPROMPTS = _setting("WORKER_MAX_SUBPROMPTS", 16)  # AND parts: each is one more UNet input per step
+MAX_PROMPT_NESTING = 32  # brackets inside brackets: emphasis costs a pass over the group's text per level
+MAX_PROMPT_WEIGHT = 100  # emphasis (x:w) and AND weights: larger ones overflow the (fp16) text encoder output
 MAX_INFOTEXT_CHARS = _setting("WORKER_MAX_INFOTEXT_CHARS", 50_000)  # the `infotext` request field
 
 # images sent in a request (init_images, mask, extras' image and imageList, png-info)

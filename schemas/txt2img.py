@@ -61,6 +61,12 @@ class Txt2ImgRequest(GenerationRequest):
             raise PydanticCustomError(
                 "hires", "hr_scale: the hires size {w}x{h} must be within {lo}..{hi} per side",
                 {"w": width, "h": height, "lo": limits.MIN_SIDE, "hi": limits.MAX_HIRES_SIDE})
+        cover_width, cover_height = self.hires_upscale_to
+        if max(cover_width, cover_height) > limits.MAX_HIRES_SIDE:
+            raise PydanticCustomError(
+                "hires", "hr_resize_x: covering {w}x{h} at the first pass's aspect ratio needs {cw}x{ch}, over "
+                "{hi} per side (WORKER_MAX_HIRES_SIDE)",
+                {"w": width, "h": height, "cw": cover_width, "ch": cover_height, "hi": limits.MAX_HIRES_SIDE})
         try:
             _ = self.hires_sampler
         except ValueError as error:

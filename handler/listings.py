@@ -46,9 +46,14 @@ def loras(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
     return engine.loras.listing()
 
 
+def prompt_styles(engine: Engine, payload: dict, destination) -> list[dict[str, str]]:
+    """The styles file's styles: [{name, prompt, negative_prompt}]."""
+    return engine.styles.listing()
+
+
 def nothing_listed(engine: Engine, payload: dict, destination) -> list:
-    """Listings of what this worker does not offer yet (hypernetworks, styles, ...): empty, as A1111's
-    with none installed."""
+    """Listings of what this worker does not offer yet (hypernetworks, ...): empty, as A1111's with none
+    installed."""
     return []
 
 

@@ -49,16 +49,18 @@ def _preflight(request: GenerationRequest, destination: Destination) -> None:
 
 def txt2img(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
     request = Txt2ImgRequest.model_validate(payload)
-    _preflight(request, destination)
-    return _image_response(request, engine.txt2img(request), request.model_dump(mode="json"), destination)
+    styled = request.with_styles(engine.styles.find(request.styles or ()))  # what the engine generates
+    _preflight(styled, destination)
+    return _image_response(styled, engine.txt2img(styled), request.model_dump(mode="json"), destination)
 
 
 def img2img(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
     request = Img2ImgRequest.model_validate(payload)
-    _preflight(request, destination)
+    styled = request.with_styles(engine.styles.find(request.styles or ()))  # what the engine generates
+    _preflight(styled, destination)
     init_images = [decode_image(data, f"init_images.{i}") for i, data in enumerate(request.init_images)]
     mask = decode_image(request.mask, "mask") if request.mask else None
-    return _image_response(request, engine.img2img(request, init_images, mask), request.echo(), destination)
+    return _image_response(styled, engine.img2img(styled, init_images, mask), request.echo(), destination)
 
 
 def png_info(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
@@ -133,7 +135,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "sd-vae"): Route(listings.sd_vae, READ),
     ("GET", "loras"): Route(listings.loras, READ),
     ("GET", "hypernetworks"): Route(listings.nothing_listed, READ),
-    ("GET", "prompt-styles"): Route(listings.nothing_listed, READ),
+    ("GET", "prompt-styles"): Route(listings.prompt_styles, READ),
     ("GET", "face-restorers"): Route(listings.face_restorers, READ),
     ("GET", "embeddings"): Route(listings.embeddings, READ),
     ("GET", "scripts"): Route(listings.scripts, READ),

@@ -41,6 +41,7 @@ MAX_SEED_DELTA = 2**32 - 1  # eta_noise_seed_delta: seed + delta stays a valid g
 MAX_PROMPT_CHARS = _setting("WORKER_MAX_PROMPT_CHARS", 20_000)  # checked first, before tokenizing
 MAX_PROMPT_CHUNKS = _setting("WORKER_MAX_PROMPT_CHUNKS", 20)  # 75-token chunks (BREAK starts one)
 MAX_SUBPROMPTS = _setting("WORKER_MAX_SUBPROMPTS", 16)  # AND parts: each is one more UNet input per step
+MAX_STYLES = _setting("WORKER_MAX_STYLES", 20)  # prompt styles a request names (each is merged into the prompts)
 
 # images sent in a request (init_images, mask, extras' image and imageList, png-info)
 MAX_INPUT_PIXELS = _setting("WORKER_MAX_INPUT_PIXELS", 4096 * 4096)  # width * height, read from the header

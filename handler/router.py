@@ -133,14 +133,26 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "upscalers"): Route(listings.upscalers, READ),
     ("GET", "latent-upscale-modes"): Route(listings.latent_upscale_modes, READ),
     ("GET", "sd-vae"): Route(listings.sd_vae, READ),
+    ("GET", "sd-modules"): Route(listings.sd_modules, READ),
     ("GET", "loras"): Route(listings.loras, READ),
     ("GET", "hypernetworks"): Route(listings.nothing_listed, READ),
     ("GET", "prompt-styles"): Route(listings.prompt_styles, READ),
     ("GET", "face-restorers"): Route(listings.face_restorers, READ),
+    ("GET", "realesrgan-models"): Route(listings.realesrgan_models, READ),
     ("GET", "embeddings"): Route(listings.embeddings, READ),
     ("GET", "scripts"): Route(listings.scripts, READ),
+    ("GET", "script-info"): Route(listings.script_info, READ),
+    ("GET", "extensions"): Route(listings.nothing_listed, READ),
     ("GET", "cmd-flags"): Route(listings.cmd_flags, READ),
     ("GET", "memory"): Route(listings.memory, READ),
+    # A1111 endpoints a serverless worker refuses (NotOffered), at once
+    ("POST", "create/embedding"): Route(control.not_offered(control.NO_TRAINING), READ),
+    ("POST", "create/hypernetwork"): Route(control.not_offered(control.NO_TRAINING), READ),
+    ("POST", "train/embedding"): Route(control.not_offered(control.NO_TRAINING), READ),
+    ("POST", "train/hypernetwork"): Route(control.not_offered(control.NO_TRAINING), READ),
+    ("POST", "server-kill"): Route(control.not_offered(control.NO_SERVER_CONTROL), READ),
+    ("POST", "server-restart"): Route(control.not_offered(control.NO_SERVER_CONTROL), READ),
+    ("POST", "server-stop"): Route(control.not_offered(control.NO_SERVER_CONTROL), READ),
 }
 
 

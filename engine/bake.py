@@ -13,6 +13,9 @@ The manifest lists models by kind, each with a source and optionally its sha256 
     name = "dreamshaper_8.safetensors"
     token_env = "CIVITAI_TOKEN"
 
+    [[styles]]                                                   # A1111's prompt styles, as styles.csv
+    source = "config/styles.csv"
+
 Sources: `hf://owner/repo/path/file` (one file), `hf://owner/repo` (a diffusers repo: configs and
 weights only, fp16 weights where the repo has them), `http(s)://` URLs, and local paths. Files land in
 A1111's folders; a sha256 mismatch is an error that keeps no file; a re-run skips what is present.
@@ -34,14 +37,16 @@ import tempfile
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from .models_dir import CHECKPOINTS_SUBDIR, HASHES_FILE, Checkpoint, file_addnet_hash
+from .models_dir import CHECKPOINTS_SUBDIR, HASHES_FILE, STYLES_FILE, Checkpoint, file_addnet_hash
 
 FOLDERS = {"checkpoints": CHECKPOINTS_SUBDIR, "loras": "Lora", "embeddings": "embeddings", "vaes": "VAE",
            "upscalers": "ESRGAN",  # an upscaler entry may name its A1111 folder (RealESRGAN, SwinIR, ...)
-           "face_restoration": "GFPGAN"}  # or Codeformer/, FaceDetection/ (engine/face_restoration.py)
+           "face_restoration": "GFPGAN",  # or Codeformer/, FaceDetection/ (engine/face_restoration.py)
+           "styles": ""}  # the models directory itself
+SINGLE_FILES = {"styles": STYLES_FILE}  # kinds that are one file of a fixed name: one entry at most
 CHUNK = 1 << 20
 _DIFFUSERS_FILES = ("model_index.json", "*/config.json", "*/*.txt", "*/*.json")  # configs, tokenizer, scheduler
 
@@ -61,7 +66,7 @@ class Entry:
 
     @property
     def relative_path(self) -> str:
-        return f"{self.folder or FOLDERS[self.kind]}/{self.name}"
+        return PurePosixPath(self.folder or FOLDERS[self.kind], self.name).as_posix()
 
 
 def read_manifest(path: Path) -> list[Entry]:
@@ -71,10 +76,12 @@ def read_manifest(path: Path) -> list[Entry]:
         raise BakeError(f"{path}: unknown sections {sorted(unknown)}; known: {', '.join(FOLDERS)}")
     entries = []
     for kind, items in data.items():
+        if kind in SINGLE_FILES and len(items) > 1:
+            raise BakeError(f"{path}: [[{kind}]] takes one entry (the worker reads one {SINGLE_FILES[kind]})")
         for item in items:
             if "source" not in item:
                 raise BakeError(f"{path}: a [[{kind}]] entry has no source")
-            name = item.get("name") or _default_name(item["source"])
+            name = SINGLE_FILES.get(kind) or item.get("name") or _default_name(item["source"])
             entries.append(Entry(kind, item["source"], name, (item.get("sha256") or "").lower() or None,
                                  item.get("folder"), item.get("token_env")))
     return entries

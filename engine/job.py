@@ -180,7 +180,7 @@ class Job:
             "extra_generation_params": {"Schedule type": self.schedule.label, **self.extra_params},
             "index_of_first_image": 0,
             "infotexts": [g.infotext for g in generated],
-            "styles": [],
+            "styles": list(request.styles or []),
             "job_timestamp": self.timestamp,
             "clip_skip": self.clip_skip,
             "is_using_inpainting_conditioning": self.model.is_inpainting,

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 CHECKPOINTS_SUBDIR = "Stable-diffusion"
 CHECKPOINT_SUFFIX = ".safetensors"
 VAE_BESIDE_CHECKPOINT = ".vae" + CHECKPOINT_SUFFIX  # a VAE file beside the checkpoints (engine/vae.py), not one
+STYLES_FILE = "styles.csv"  # A1111's prompt styles (engine/styles.py)
 HASHES_FILE = "hashes.json"  # {path relative to the models dir: {"sha256": ..., "size": bytes[, "addnet": ...]}}
 
 

@@ -56,11 +56,12 @@ def _nearest(image: Image.Image, width: int, height: int) -> Image.Image:
 # "None" is A1111's plain resize, which is Lanczos
 PIXEL_UPSCALERS: dict[str, PixelUpscaler] = {"None": _lanczos, "Lanczos": _lanczos, "Nearest": _nearest}
 
+REALESRGAN_FOLDER = "RealESRGAN"
 # A1111's upscaler folders: folder -> (the model_name its /upscalers listing shows, {file name: (A1111's name,
 # scale)}). Other weight files are named by their stem, with scale 4, as A1111 lists them.
 FOLDERS: dict[str, tuple[str | None, dict[str, tuple[str, int]]]] = {
     "ESRGAN": ("ESRGAN_4x", {}),
-    "RealESRGAN": (None, {
+    REALESRGAN_FOLDER: (None, {
         "RealESRGAN_x4plus.pth": ("R-ESRGAN 4x+", 4),
         "RealESRGAN_x4plus_anime_6B.pth": ("R-ESRGAN 4x+ Anime6B", 4),
         "RealESRGAN_x2plus.pth": ("R-ESRGAN 2x+", 2),
@@ -104,6 +105,7 @@ class WeightFile:
     path: Path
     scale: int
     model_name: str | None
+    folder: str
 
 
 def scan(models_dir: Path) -> dict[str, WeightFile]:
@@ -112,7 +114,7 @@ def scan(models_dir: Path) -> dict[str, WeightFile]:
     for folder, (model_name, known) in FOLDERS.items():
         for path in list_files(models_dir, folder, WEIGHT_SUFFIXES):
             name, scale = known.get(path.name, (path.stem, DEFAULT_SCALE))
-            found.setdefault(name, WeightFile(name, path, scale, model_name))
+            found.setdefault(name, WeightFile(name, path, scale, model_name, folder))
     return found
 
 
@@ -139,6 +141,12 @@ class Upscalers:
                           "model_path": str(file.path) if file else None, "model_url": None,
                           "scale": file.scale if file else DEFAULT_SCALE})
         return items
+
+    def realesrgan_listing(self) -> list[dict[str, Any]]:
+        """Items of A1111's /sdapi/v1/realesrgan-models: the files in RealESRGAN/, by name."""
+        return [{"name": file.name, "path": str(file.path), "scale": file.scale}
+                for file in sorted(self.files.values(), key=lambda file: file.name.lower())
+                if file.folder == REALESRGAN_FOLDER]
 
     def find(self, name: str, field: str, also: Iterable[str] = ()) -> PixelUpscaler:
         """The upscaler called `name`, loaded; `also`: other names valid in `field`, for the error."""

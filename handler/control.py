@@ -1,9 +1,12 @@
 """A1111's control endpoints: options, progress, interrupt and skip, refreshing the lists of checkpoints, VAEs,
-LoRAs and embeddings, unload and reload."""
+LoRAs and embeddings, unload and reload; and the refusal of those a serverless worker does not offer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from .errors import NotOffered
 
 if TYPE_CHECKING:
     from engine.runtime import Engine
@@ -64,3 +67,17 @@ def unload_checkpoint(engine: Engine, payload: dict, destination) -> dict:
 def reload_checkpoint(engine: Engine, payload: dict, destination) -> dict:
     engine.reload()
     return {}
+
+
+NO_TRAINING = ("training is not offered by a serverless worker: train elsewhere (e.g. with kohya_ss or A1111 "
+               "itself) and bake the result into the image ([[embeddings]] or [[loras]] in the bake manifest)")
+NO_SERVER_CONTROL = ("stopping or restarting the server is not offered by a serverless worker: the platform "
+                     "starts and stops workers (scale the endpoint's workers instead)")
+
+
+def not_offered(reason: str) -> Callable[[Engine, dict, Any], None]:
+    """An operation that refuses its endpoint with NotOffered(reason)."""
+    def refuse(engine: Engine, payload: dict, destination) -> None:
+        raise NotOffered(reason)
+
+    return refuse

@@ -15,6 +15,11 @@ class BadEnvelope(ValueError):
     """The job's input is not an A1111 body or an {"api", "payload"} envelope."""
 
 
+class NotOffered(Exception):
+    """An A1111 endpoint a serverless worker does not offer (training, stopping the server): the message says
+    why. The HTTP adapter answers 400."""
+
+
 def describe(error: Exception, inputs: bool = True) -> str:
     """One line, at most MAX_ERROR_CHARS long; `inputs=False` leaves out the values a ValidationError was given
     (they may be secrets)."""

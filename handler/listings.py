@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from schemas import scripts as offered_scripts
 from schemas.samplers import SAMPLERS, SCHEDULES
 
 if TYPE_CHECKING:
@@ -30,6 +32,11 @@ def upscalers(engine: Engine, payload: dict, destination) -> list[dict[str, Any]
     return engine.upscalers.listing()
 
 
+def realesrgan_models(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
+    """The RealESRGAN/ upscalers present: [{name, path, scale}]."""
+    return engine.upscalers.realesrgan_listing()
+
+
 def face_restorers(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
     """The face restorers whose weights are in the models directory."""
     return engine.faces.listing()
@@ -46,13 +53,24 @@ def loras(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
     return engine.loras.listing()
 
 
+def prompt_styles(engine: Engine, payload: dict, destination) -> list[dict[str, str]]:
+    """The styles file's styles: [{name, prompt, negative_prompt}]."""
+    return engine.styles.listing()
+
+
 def nothing_listed(engine: Engine, payload: dict, destination) -> list:
-    """Listings of what this worker does not offer yet (hypernetworks, styles, ...): empty, as A1111's
-    with none installed."""
+    """Listings of what this worker does not offer (hypernetworks; extensions, which A1111 lists only when
+    installed from a git repository, so its built-in ones never): empty, as A1111's with none installed."""
     return []
 
 
 def sd_vae(engine: Engine, payload: dict, destination) -> list[dict[str, str]]:
+    return engine.vaes.listing()
+
+
+def sd_modules(engine: Engine, payload: dict, destination) -> list[dict[str, str]]:
+    """Forge's listing of the VAE and text-encoder files it can add to a checkpoint, [{model_name, filename}]
+    (A1111 1.10 has no such endpoint): here the VAE files, which are all this worker can add."""
     return engine.vaes.listing()
 
 
@@ -61,8 +79,19 @@ def embeddings(engine: Engine, payload: dict, destination) -> dict[str, dict]:
     return engine.embeddings.listing(engine.model.encoder.embedding_width)
 
 
-def scripts(engine: Engine, payload: dict, destination) -> dict[str, list]:
-    return {"txt2img": [], "img2img": []}
+def scripts(engine: Engine, payload: dict, destination) -> dict[str, list[str]]:
+    """The names of the scripts each tab offers (schemas/scripts.py)."""
+    return {tab: [script.name for script in offered_scripts.SCRIPTS if tab in script.tabs]
+            for tab in offered_scripts.TABS}
+
+
+def script_info(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
+    """Each offered script once per tab it shows in: [{name, is_alwayson, is_img2img, args: [{label, value,
+    minimum, maximum, step, choices}]}]."""
+    return [{"name": script.name, "is_alwayson": script.is_alwayson, "is_img2img": tab == "img2img",
+             "args": [{**asdict(arg), "choices": list(arg.choices) if arg.choices is not None else None}
+                      for arg in script.args]}
+            for tab in offered_scripts.TABS for script in offered_scripts.SCRIPTS if tab in script.tabs]
 
 
 def cmd_flags(engine: Engine, payload: dict, destination) -> dict[str, Any]:

@@ -48,18 +48,20 @@ def _preflight(request: GenerationRequest, destination: Destination) -> None:
 
 def txt2img(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
     request = Txt2ImgRequest.model_validate(payload)
-    _preflight(request, destination)
+    styled = request.with_styles(engine.styles.find(request.styles or ()))  # what the engine generates
+    _preflight(styled, destination)
     firstpass = decode_image(request.firstpass_image, "firstpass_image") if request.firstpass_image else None
-    return _image_response(request, engine.txt2img(request, firstpass), request.model_dump(mode="json"), destination)
+    return _image_response(styled, engine.txt2img(styled, firstpass), request.model_dump(mode="json"), destination)
 
 
 def img2img(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
     request = Img2ImgRequest.model_validate(payload)
-    _preflight(request, destination)
+    styled = request.with_styles(engine.styles.find(request.styles or ()))  # what the engine generates
+    _preflight(styled, destination)
     init_images = [decode_image(data, f"init_images.{i}") for i, data in enumerate(request.init_images)]
     mask = decode_image(request.mask, "mask") if request.mask else None
     latent_mask = decode_image(request.latent_mask, "latent_mask") if request.latent_mask else None
-    return _image_response(request, engine.img2img(request, init_images, mask, latent_mask), request.echo(),
+    return _image_response(styled, engine.img2img(styled, init_images, mask, latent_mask), request.echo(),
                            destination)
 
 
@@ -133,14 +135,26 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "upscalers"): Route(listings.upscalers, READ),
     ("GET", "latent-upscale-modes"): Route(listings.latent_upscale_modes, READ),
     ("GET", "sd-vae"): Route(listings.sd_vae, READ),
+    ("GET", "sd-modules"): Route(listings.sd_modules, READ),
     ("GET", "loras"): Route(listings.loras, READ),
     ("GET", "hypernetworks"): Route(listings.nothing_listed, READ),
-    ("GET", "prompt-styles"): Route(listings.nothing_listed, READ),
+    ("GET", "prompt-styles"): Route(listings.prompt_styles, READ),
     ("GET", "face-restorers"): Route(listings.face_restorers, READ),
+    ("GET", "realesrgan-models"): Route(listings.realesrgan_models, READ),
     ("GET", "embeddings"): Route(listings.embeddings, READ),
     ("GET", "scripts"): Route(listings.scripts, READ),
+    ("GET", "script-info"): Route(listings.script_info, READ),
+    ("GET", "extensions"): Route(listings.nothing_listed, READ),
     ("GET", "cmd-flags"): Route(listings.cmd_flags, READ),
     ("GET", "memory"): Route(listings.memory, READ),
+    # A1111 endpoints a serverless worker refuses (NotOffered), at once
+    ("POST", "create/embedding"): Route(control.not_offered(control.NO_TRAINING), READ),
+    ("POST", "create/hypernetwork"): Route(control.not_offered(control.NO_TRAINING), READ),
+    ("POST", "train/embedding"): Route(control.not_offered(control.NO_TRAINING), READ),
+    ("POST", "train/hypernetwork"): Route(control.not_offered(control.NO_TRAINING), READ),
+    ("POST", "server-kill"): Route(control.not_offered(control.NO_SERVER_CONTROL), READ),
+    ("POST", "server-restart"): Route(control.not_offered(control.NO_SERVER_CONTROL), READ),
+    ("POST", "server-stop"): Route(control.not_offered(control.NO_SERVER_CONTROL), READ),
 }
 
 

@@ -23,7 +23,7 @@ from schemas import RequestError
 from schemas.errors import quoted
 
 from .delivery import DeliveryError, Destination
-from .errors import BadEnvelope, describe
+from .errors import BadEnvelope, NotOffered, describe
 from .router import UnknownEndpoint, normalize_endpoint, route
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_CALLER_ERRORS = (ValidationError, RequestError, UnknownEndpoint, BadEnvelope, DeliveryError)
+_CALLER_ERRORS = (ValidationError, RequestError, UnknownEndpoint, BadEnvelope, DeliveryError, NotOffered)
 
 # a bare body's endpoint: that of the first of these keys it has, else txt2img
 BARE_BODY_KEYS = {"init_images": "img2img", "imageList": "extra-batch-images", "image": "extra-single-image"}

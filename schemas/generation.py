@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, ClassVar
+from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 from pydantic_core import PydanticCustomError
 
 from . import limits
-from .errors import cut
+from .errors import RequestError, cut
 from .extra_networks import LoraTag, PassPrompts, pass_prompts
 from .infotext import request_from_infotext
 from .options import Options
 from .samplers import DEFAULT_SAMPLER, Sampler, Schedule, find_sampler, find_schedule, resolve
+from .styles import PromptStyle, apply_styles
 
 
 def _blank_seed_is_random(value: Any) -> Any:
@@ -36,7 +38,6 @@ class GenerationRequest(BaseModel):
     # Fields accepted but not implemented yet: a value outside these is refused, never dropped.
     # Subclasses add their own; an issue that implements one removes it here.
     not_implemented: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "styles": (None, []),
         "s_min_uncond": (None, 0),
         "s_churn": (None, 0),
         "s_tmin": (None, 0),
@@ -51,7 +52,8 @@ class GenerationRequest(BaseModel):
 
     prompt: str = Field("", max_length=limits.MAX_PROMPT_CHARS)
     negative_prompt: str = Field("", max_length=limits.MAX_PROMPT_CHARS)
-    styles: list[str] | None = None
+    styles: list[str] | None = Field(None, max_length=limits.MAX_STYLES,
+                                     description="names of prompt styles (styles.csv) applied to the prompts")
     seed: Seed = -1
     subseed: Seed = -1
     subseed_strength: float = Field(0, ge=0, le=1)
@@ -187,6 +189,23 @@ class GenerationRequest(BaseModel):
         self._prompts = extra_networks_of(self.prompt, self.negative_prompt, ("prompt", "negative_prompt"),
                                           not self.disable_extra_networks)
         return self
+
+    def with_styles(self, styles: Sequence[PromptStyle]) -> Self:
+        """This request with `styles` applied to its prompts, validated again, so that the styled prompts are
+        what is parsed (a style's LoRA tags apply) and checked against the limits. `styles` stays as sent."""
+        if not styles:
+            return self
+        styled = self.styled_prompts(styles)
+        for field, text in styled.items():
+            if len(text) > limits.MAX_PROMPT_CHARS:
+                raise RequestError(field, f"{len(text)} characters with its styles applied; the limit is "
+                                          f"{limits.MAX_PROMPT_CHARS} (WORKER_MAX_PROMPT_CHARS)")
+        return self.model_validate({**self.model_dump(), **styled})
+
+    def styled_prompts(self, styles: Sequence[PromptStyle]) -> dict[str, str]:
+        """The prompt fields with `styles` applied, as A1111 applies them."""
+        return {"prompt": apply_styles(self.prompt, [style.prompt for style in styles]),
+                "negative_prompt": apply_styles(self.negative_prompt, [style.negative_prompt for style in styles])}
 
     @property
     def sampler(self) -> tuple[Sampler, Schedule]:

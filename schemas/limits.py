@@ -44,6 +44,7 @@ MAX_SUBPROMPTS = _setting("WORKER_MAX_SUBPROMPTS", 16)  # AND parts: each is one
 MAX_PROMPT_NESTING = 32  # brackets inside brackets: emphasis costs a pass over the group's text per level
 MAX_PROMPT_WEIGHT = 100  # emphasis (x:w) and AND weights: larger ones overflow the (fp16) text encoder output
 MAX_INFOTEXT_CHARS = _setting("WORKER_MAX_INFOTEXT_CHARS", 50_000)  # the `infotext` request field
+MAX_STYLES = _setting("WORKER_MAX_STYLES", 20)  # prompt styles a request names (each is merged into the prompts)
 
 # images sent in a request (init_images, mask, extras' image and imageList, png-info)
 MAX_INPUT_PIXELS = _setting("WORKER_MAX_INPUT_PIXELS", 4096 * 4096)  # width * height, read from the header

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -9,6 +11,7 @@ from . import limits
 from .extra_networks import LoraTag, PassPrompts
 from .generation import GenerationRequest, as_custom_error, extra_networks_of
 from .samplers import Sampler, Schedule, find_sampler, find_schedule, resolve
+from .styles import PromptStyle, apply_styles
 
 
 class Txt2ImgRequest(GenerationRequest):
@@ -77,6 +80,17 @@ class Txt2ImgRequest(GenerationRequest):
             ("hr_prompt" if self.hr_prompt else "prompt", "hr_negative_prompt" if self.hr_negative_prompt
              else "negative_prompt"), not self.disable_extra_networks)
         return self
+
+    def styled_prompts(self, styles: Sequence[PromptStyle]) -> dict[str, str]:
+        """With hires fix, also hr_prompt and hr_negative_prompt when set (an empty one is the prompt, which
+        is styled already: the same result as A1111's, which styles the copied prompt)."""
+        styled = super().styled_prompts(styles)
+        if self.enable_hr and self.hr_prompt:
+            styled["hr_prompt"] = apply_styles(self.hr_prompt, [style.prompt for style in styles])
+        if self.enable_hr and self.hr_negative_prompt:
+            styled["hr_negative_prompt"] = apply_styles(self.hr_negative_prompt,
+                                                        [style.negative_prompt for style in styles])
+        return styled
 
     @property
     def hires_prompts(self) -> PassPrompts | None:

@@ -195,3 +195,21 @@ def test_warm_up_generates_one_tiny_image(engine, monkeypatch):
     finally:
         hook.remove()
     assert len(calls) == 1 and tuple(calls[0][-2:]) == (8, 8)  # one step on a 64x64 image's latents
+
+
+def test_a_styles_file_lands_as_styles_csv_where_the_worker_reads_it(tmp_path, monkeypatch):
+    from engine.styles import StyleLibrary, styles_file_from_env
+
+    monkeypatch.delenv("WORKER_STYLES_FILE", raising=False)
+    source = tmp_path / "my-styles.csv"
+    source.write_text('name,prompt,negative_prompt\nnoir,"{prompt}, film noir",colour\n')
+    manifest = write_manifest(tmp_path, f'[[styles]]\nsource = "{source}"\n')
+    models = tmp_path / "models"
+    bake(read_manifest(manifest), models)
+    assert (models / "styles.csv").read_bytes() == source.read_bytes()
+    assert json.loads((models / "hashes.json").read_text())["styles.csv"]["sha256"] == sha(source.read_bytes())
+    assert StyleLibrary(styles_file_from_env(models)).listing() == [
+        {"name": "noir", "prompt": "{prompt}, film noir", "negative_prompt": "colour"}]
+    two = write_manifest(tmp_path, f'[[styles]]\nsource = "{source}"\n[[styles]]\nsource = "{source}"\n')
+    with pytest.raises(BakeError, match="one entry"):
+        read_manifest(two)

@@ -62,7 +62,6 @@ WEBUIAPI_DEFAULT_PAYLOAD = {
 
 # A value other than the accepted default(s) for each field the worker does not implement yet.
 NON_DEFAULT_VALUES = {
-    "styles": ["my style"],
     "s_min_uncond": 0.5,
     "s_churn": 0.5,
     "s_tmin": 0.5,

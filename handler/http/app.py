@@ -33,7 +33,7 @@ from schemas import RequestError, limits
 from schemas.errors import cut
 
 from ..delivery import Destination
-from ..errors import describe
+from ..errors import NotOffered, describe
 from ..router import API_PREFIX, ROUTES, UnknownEndpoint, queued, route
 
 if TYPE_CHECKING:
@@ -225,6 +225,8 @@ def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: 
                                     "type": "value_error"}])
         except UnknownEndpoint as error:
             return _error(404, "Not Found", describe(error))
+        except NotOffered as error:
+            return _error(400, "Bad Request", describe(error))
         except Exception as error:  # a bug, a device or a delivery failure: logged, and A1111's error body
             log.exception("%s /%s%s failed", method, API_PREFIX, endpoint)
             return _error(500, type(error).__name__, describe(error))

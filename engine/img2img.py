@@ -9,6 +9,7 @@ the mask at the end.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +43,10 @@ class MaskPlan:
 
 def img2img(model: LoadedModel, request: Img2ImgRequest, options: Options,
             init_images: list[Image.Image], mask: Image.Image | None, progress: Progress | None = None,
-            faces: FaceRestorer | None = None) -> Generation:
+            faces: FaceRestorer | None = None, script_params: dict[str, Any] | None = None) -> Generation:
+    """`script_params`: infotext keys of a script that runs img2img, before img2img's own (as in A1111)."""
     job = Job(model, request, options, progress, faces)
+    job.extra_params.update(script_params or {})
     plans = {image.size: _plan_mask(request, mask, image.size) for image in init_images} if mask is not None else {}
     _add_params(job, request, plans.get(init_images[0].size))
     count = len(job.all_seeds)

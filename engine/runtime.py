@@ -31,6 +31,7 @@ from .lora import LoraLibrary
 from .model import LoadedModel
 from .models_dir import Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints, models_dir_from_env
 from .progress import Progress
+from .sd_upscale import sd_upscale
 from .txt2img import txt2img
 from .upscalers import DEFAULT_TILE, Upscalers, tile_from_env
 from .vae import Vaes
@@ -131,6 +132,12 @@ class Engine:
     def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None) -> Generation:
         return self._generate(request, lambda model, options: img2img(
             model, request, options, init_images, mask, self.progress, self._face_restorer(request, options)))
+
+    def sd_upscale(self, request: Img2ImgRequest, image: Image.Image, upscaler: str) -> Generation:
+        """A1111's "SD upscale" script (request.script): `image` upscaled with `upscaler`, redrawn in tiles."""
+        return self._generate(request, lambda model, options: sd_upscale(
+            model, request, options, image, upscaler, self.upscalers, self.progress,
+            self._face_restorer(request, options)))
 
     def extras(self, request: ExtrasRequest, images: list[Image.Image]) -> Extras:
         """Upscale images and restore faces (A1111's extra-single-image / extra-batch-images), in the server

@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from schemas.samplers import SAMPLERS, SCHEDULES
+from schemas.scripts import script_info_listing, scripts_listing
 
 if TYPE_CHECKING:
     from engine.runtime import Engine
@@ -61,8 +62,14 @@ def embeddings(engine: Engine, payload: dict, destination) -> dict[str, dict]:
     return engine.embeddings.listing(engine.model.encoder.embedding_width)
 
 
-def scripts(engine: Engine, payload: dict, destination) -> dict[str, list]:
-    return {"txt2img": [], "img2img": []}
+def scripts(engine: Engine, payload: dict, destination) -> dict[str, list[str]]:
+    """The built-in scripts script_name may name, per endpoint, in lower case (as A1111 lists them)."""
+    return scripts_listing()
+
+
+def script_info(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
+    """Each script's arguments (script_args, in order) as A1111's UI shows them; upscaler choices are /upscalers'."""
+    return script_info_listing(engine.upscalers.names)
 
 
 def cmd_flags(engine: Engine, payload: dict, destination) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from schemas import (ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, Extras
 
 from schemas.errors import cut
 from schemas.payload import check_payload
+from schemas.scripts import SdUpscaleArgs
 
-from . import control, listings
+from . import control, listings, scripts
 from .delivery import Destination, deliver, encoded_images
 
 if TYPE_CHECKING:
@@ -42,23 +43,21 @@ def _image_response(request: GenerationRequest, generation: Generation, echoed: 
     return {**body, "delivery": note} if note else body
 
 
-def _preflight(request: GenerationRequest, destination: Destination) -> None:
-    if request.send_images:
-        destination.preflight(request.batch_size * request.n_iter, *request.output_size)
-
-
 def txt2img(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
     request = Txt2ImgRequest.model_validate(payload)
-    _preflight(request, destination)
-    return _image_response(request, engine.txt2img(request), request.model_dump(mode="json"), destination)
+    generation = scripts.generate(request, destination, engine.txt2img)
+    return _image_response(request, generation, request.model_dump(mode="json"), destination)
 
 
 def img2img(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
     request = Img2ImgRequest.model_validate(payload)
-    _preflight(request, destination)
     init_images = [decode_image(data, f"init_images.{i}") for i, data in enumerate(request.init_images)]
     mask = decode_image(request.mask, "mask") if request.mask else None
-    return _image_response(request, engine.img2img(request, init_images, mask), request.echo(), destination)
+    if isinstance(request.script, SdUpscaleArgs):
+        generation = scripts.sd_upscale(engine, request, init_images[0], destination)
+    else:
+        generation = scripts.generate(request, destination, lambda r: engine.img2img(r, init_images, mask))
+    return _image_response(request, generation, request.echo(), destination)
 
 
 def png_info(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
@@ -137,6 +136,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "face-restorers"): Route(listings.face_restorers, READ),
     ("GET", "embeddings"): Route(listings.embeddings, READ),
     ("GET", "scripts"): Route(listings.scripts, READ),
+    ("GET", "script-info"): Route(listings.script_info, READ),
     ("GET", "cmd-flags"): Route(listings.cmd_flags, READ),
     ("GET", "memory"): Route(listings.memory, READ),
 }

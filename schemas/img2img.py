@@ -7,9 +7,11 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from .generation import GenerationRequest
+from .scripts import IMG2IMG
 
 
 class Img2ImgRequest(GenerationRequest):
+    script_mode = IMG2IMG
     not_implemented = {
         **GenerationRequest.not_implemented,
         "latent_mask": (None, ""),

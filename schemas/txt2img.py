@@ -9,9 +9,11 @@ from . import limits
 from .extra_networks import LoraTag, PassPrompts
 from .generation import GenerationRequest, as_custom_error, extra_networks_of
 from .samplers import Sampler, Schedule, find_sampler, find_schedule, resolve
+from .scripts import TXT2IMG
 
 
 class Txt2ImgRequest(GenerationRequest):
+    script_mode = TXT2IMG
     not_implemented = {
         **GenerationRequest.not_implemented,
         "firstpass_image": (None, ""),

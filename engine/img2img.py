@@ -9,6 +9,7 @@ the mask at the end.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,10 +50,13 @@ class MaskPlan:
 
 def img2img(model: LoadedModel, request: Img2ImgRequest, options: Options,
             init_images: list[Image.Image], mask: Image.Image | None, progress: Progress | None = None,
-            faces: FaceRestorer | None = None, latent_mask: Image.Image | None = None) -> Generation:
+            faces: FaceRestorer | None = None, latent_mask: Image.Image | None = None,
+            script_params: dict[str, Any] | None = None) -> Generation:
     """`latent_mask` (with a mask): the mask that keeps the original in the latents at each step, as is (A1111's
-    latent_mask), in place of the blurred repaint mask."""
+    latent_mask), in place of the blurred repaint mask. `script_params`: infotext keys of a script that runs
+    img2img, before img2img's own (as in A1111)."""
     job = Job(model, request, options, progress, faces)
+    job.extra_params.update(script_params or {})
     plans = {image.size: _plan_mask(request, mask, image.size, latent_mask) for image in init_images} \
         if mask is not None else {}
     _add_params(job, request, plans.get(init_images[0].size))

@@ -33,6 +33,7 @@ from .model import LoadedModel
 from .models_dir import (STYLES_FILE, Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints,
                          models_dir_from_env)
 from .progress import Progress
+from .sd_upscale import sd_upscale
 from .styles import StyleLibrary, styles_file_from_env
 from .txt2img import txt2img
 from .upscalers import DEFAULT_TILE, Upscalers, tile_from_env
@@ -149,6 +150,12 @@ class Engine:
         return self._generate(request, lambda model, options, hires_model: img2img(
             model, request, options, init_images, mask, self.progress, self._face_restorer(request, options),
             latent_mask))
+
+    def sd_upscale(self, request: Img2ImgRequest, image: Image.Image, upscaler: str) -> Generation:
+        """A1111's "SD upscale" script (request.script): `image` upscaled with `upscaler`, redrawn in tiles."""
+        return self._generate(request, lambda model, options, hires_model: sd_upscale(
+            model, request, options, image, upscaler, self.upscalers, self.progress,
+            self._face_restorer(request, options)))
 
     def extras(self, request: ExtrasRequest, images: list[Image.Image]) -> Extras:
         """Upscale images and restore faces (A1111's extra-single-image / extra-batch-images), in the server

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from schemas import scripts as offered_scripts
 from schemas.samplers import SAMPLERS, SCHEDULES
+from schemas.scripts import script_info_listing, scripts_listing
 
 if TYPE_CHECKING:
     from engine.runtime import Engine
@@ -80,18 +79,13 @@ def embeddings(engine: Engine, payload: dict, destination) -> dict[str, dict]:
 
 
 def scripts(engine: Engine, payload: dict, destination) -> dict[str, list[str]]:
-    """The names of the scripts each tab offers (schemas/scripts.py)."""
-    return {tab: [script.name for script in offered_scripts.SCRIPTS if tab in script.tabs]
-            for tab in offered_scripts.TABS}
+    """The built-in scripts script_name may name, per endpoint, in lower case (as A1111 lists them)."""
+    return scripts_listing()
 
 
 def script_info(engine: Engine, payload: dict, destination) -> list[dict[str, Any]]:
-    """Each offered script once per tab it shows in: [{name, is_alwayson, is_img2img, args: [{label, value,
-    minimum, maximum, step, choices}]}]."""
-    return [{"name": script.name, "is_alwayson": script.is_alwayson, "is_img2img": tab == "img2img",
-             "args": [{**asdict(arg), "choices": list(arg.choices) if arg.choices is not None else None}
-                      for arg in script.args]}
-            for tab in offered_scripts.TABS for script in offered_scripts.SCRIPTS if tab in script.tabs]
+    """Each script's arguments (script_args, in order) as A1111's UI shows them; upscaler choices are /upscalers'."""
+    return script_info_listing(engine.upscalers.names)
 
 
 def cmd_flags(engine: Engine, payload: dict, destination) -> dict[str, Any]:

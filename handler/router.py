@@ -17,8 +17,9 @@ from schemas import (ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, Extras
 from schemas.errors import cut
 from schemas.infotext import parse_infotext
 from schemas.payload import check_payload
+from schemas.scripts import SdUpscaleArgs
 
-from . import control, listings
+from . import control, listings, scripts
 from .delivery import Destination, deliver, encoded_images
 
 if TYPE_CHECKING:
@@ -41,28 +42,30 @@ def _image_response(request: GenerationRequest, generation: Generation, echoed: 
     return {**body, "delivery": note} if note else body
 
 
-def _preflight(request: GenerationRequest, destination: Destination) -> None:
-    if request.send_images:
-        destination.preflight(request.batch_size * request.n_iter, *request.output_size)
+def _styled(engine: Engine, request: GenerationRequest) -> GenerationRequest:
+    """The request with its prompt styles applied: what the engine generates (the response echoes the request)."""
+    return request.with_styles(engine.styles.find(request.styles or ()))
 
 
 def txt2img(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
     request = Txt2ImgRequest.model_validate(payload)
-    styled = request.with_styles(engine.styles.find(request.styles or ()))  # what the engine generates
-    _preflight(styled, destination)
     firstpass = decode_image(request.firstpass_image, "firstpass_image") if request.firstpass_image else None
-    return _image_response(styled, engine.txt2img(styled, firstpass), request.model_dump(mode="json"), destination)
+    generation = scripts.generate(request, destination,
+                                  lambda line: engine.txt2img(_styled(engine, line), firstpass))
+    return _image_response(request, generation, request.model_dump(mode="json"), destination)
 
 
 def img2img(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
     request = Img2ImgRequest.model_validate(payload)
-    styled = request.with_styles(engine.styles.find(request.styles or ()))  # what the engine generates
-    _preflight(styled, destination)
     init_images = [decode_image(data, f"init_images.{i}") for i, data in enumerate(request.init_images)]
     mask = decode_image(request.mask, "mask") if request.mask else None
     latent_mask = decode_image(request.latent_mask, "latent_mask") if request.latent_mask else None
-    return _image_response(styled, engine.img2img(styled, init_images, mask, latent_mask), request.echo(),
-                           destination)
+    if isinstance(request.script, SdUpscaleArgs):
+        generation = scripts.sd_upscale(engine, _styled(engine, request), init_images[0], destination)
+    else:
+        generation = scripts.generate(request, destination, lambda line: engine.img2img(
+            _styled(engine, line), init_images, mask, latent_mask))
+    return _image_response(request, generation, request.echo(), destination)
 
 
 def png_info(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:

@@ -3,6 +3,8 @@ how messages quote what was sent: never more than a short prefix, so an error ne
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 QUOTE_CHARS = 60
 
 
@@ -22,3 +24,13 @@ def cut(text: str) -> str:
 def quoted(name: str) -> str:
     """A name the request sent, quoted for an error message (repr-style, cut)."""
     return repr(cut(name))
+
+
+def summary(error: ValidationError) -> str:
+    """A validation error's problems on one line: `field: message; ...` (field names cut)."""
+    problems = []
+    for item in error.errors(include_url=False):
+        field = ".".join(cut(str(part)) for part in item["loc"])
+        message = " ".join(item["msg"].removeprefix("Value error, ").split())
+        problems.append(f"{field}: {message}" if field else message)
+    return "; ".join(problems)

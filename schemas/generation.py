@@ -17,6 +17,7 @@ from .infotext import request_from_infotext
 from .options import Options
 from .samplers import DEFAULT_SAMPLER, Sampler, Schedule, find_sampler, find_schedule, resolve
 from .styles import PromptStyle, apply_styles
+from .scripts import ScriptArgs, find_script
 
 
 def _blank_seed_is_random(value: Any) -> Any:
@@ -29,6 +30,7 @@ Seed = Annotated[int, BeforeValidator(_blank_seed_is_random), Field(ge=-1, lt=2*
 class GenerationRequest(BaseModel):
     """Every field A1111 v1.10 documents for both txt2img and img2img. Unknown fields are ignored."""
 
+    script_mode: ClassVar[str]  # the endpoint, whose scripts script_name may name (schemas/scripts.py)
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     # A1111 declares its request fields Optional (null: the default) except these, whose null it refuses.
@@ -44,8 +46,6 @@ class GenerationRequest(BaseModel):
         "s_tmax": (None, 0),  # A1111 reads 0 as infinity
         "s_noise": (None, 1),
         "refiner_checkpoint": (None, "", "None"),
-        "script_name": (None, "", "None"),
-        "script_args": (None, []),
         "alwayson_scripts": (None, {}),
         "save_images": (False,),
     }
@@ -94,6 +94,7 @@ class GenerationRequest(BaseModel):
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     infotext: str | None = None
     _prompts: PassPrompts = PrivateAttr()
+    _script: ScriptArgs | None = PrivateAttr(None)
 
     # infotext key -> request field, for the `infotext` field (A1111's paste fields); subclasses add their own
     infotext_fields: ClassVar[dict[str, str]] = {
@@ -156,6 +157,12 @@ class GenerationRequest(BaseModel):
         as_custom_error(find_schedule, value)
         return value
 
+    @field_validator("script_name")
+    @classmethod
+    def _known_script(cls, value: str | None) -> str | None:
+        as_custom_error(lambda name: find_script(name, cls.script_mode), value)
+        return value
+
     @field_validator("override_settings")
     @classmethod
     def _known_options(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -206,6 +213,27 @@ class GenerationRequest(BaseModel):
         """The prompt fields with `styles` applied, as A1111 applies them."""
         return {"prompt": apply_styles(self.prompt, [style.prompt for style in styles]),
                 "negative_prompt": apply_styles(self.negative_prompt, [style.negative_prompt for style in styles])}
+
+    @model_validator(mode="after")
+    def _check_script(self):
+        script = find_script(self.script_name, self.script_mode)
+        if script is None:
+            if self.script_args:
+                raise PydanticCustomError("script", "script_args: values for a script; send them with its "
+                                                    "script_name, or send [] (got {count})",
+                                          {"count": len(self.script_args)})
+            return self
+        try:
+            self._script = script.args.positional(self.script_args)
+            self._script.check(self)
+        except ValueError as error:
+            raise PydanticCustomError("script", "{error}", {"error": str(error)}) from None
+        return self
+
+    @property
+    def script(self) -> ScriptArgs | None:
+        """The arguments of the script that script_name names, parsed and checked; None without one."""
+        return self._script
 
     @property
     def sampler(self) -> tuple[Sampler, Schedule]:

@@ -8,9 +8,11 @@ from pydantic import Field, model_validator
 
 from . import limits
 from .generation import GenerationRequest
+from .scripts import IMG2IMG
 
 
 class Img2ImgRequest(GenerationRequest):
+    script_mode = IMG2IMG
     null_refused = GenerationRequest.null_refused | {"init_images", "denoising_strength", "include_init_images"}
     infotext_fields = {**GenerationRequest.infotext_fields, "Image CFG scale": "image_cfg_scale",
                        "Mask blur": "mask_blur"}

@@ -49,7 +49,11 @@ MAX_STYLES = _setting("WORKER_MAX_STYLES", 20)  # prompt styles a request names 
 # images sent in a request (init_images, mask, extras' image and imageList, png-info)
 MAX_INPUT_PIXELS = _setting("WORKER_MAX_INPUT_PIXELS", 4096 * 4096)  # width * height, read from the header
 MAX_EXTRAS_SIDE = _setting("WORKER_MAX_EXTRAS_SIDE", 8192)  # an extras result, per side
-MAX_UPSCALE = 8  # A1111's UI maximum for upscaling_resize
+MAX_UPSCALE = 8  # A1111's UI maximum for upscaling_resize; also SD upscale's scale_factor (A1111's UI: 4)
+
+# built-in scripts (script_name)
+MAX_PROMPT_LINES = _setting("WORKER_MAX_PROMPT_LINES", 100)  # "Prompts from file or textbox": non-empty lines
+MAX_SD_UPSCALE_TILES = _setting("WORKER_MAX_SD_UPSCALE_TILES", 100)  # "SD upscale": tiles x n_iter
 
 # the request as a whole
 MAX_NESTING = 32  # JSON arrays and objects inside each other

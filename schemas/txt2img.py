@@ -11,10 +11,12 @@ from . import limits
 from .extra_networks import LoraTag, PassPrompts
 from .generation import GenerationRequest, as_custom_error, extra_networks_of
 from .samplers import Sampler, Schedule, find_sampler, find_schedule, resolve
+from .scripts import TXT2IMG
 from .styles import PromptStyle, apply_styles
 
 
 class Txt2ImgRequest(GenerationRequest):
+    script_mode = TXT2IMG
     infotext_fields = {
         **GenerationRequest.infotext_fields,
         "Hires upscale": "hr_scale", "Hires upscaler": "hr_upscaler", "Hires steps": "hr_second_pass_steps",

@@ -8,11 +8,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-import schemas.scripts
 from handler.http.app import create_app
 from handler.router import ROUTES, queued
 from handler.worker import make_handler
-from schemas.scripts import Script, ScriptArg
 
 # A1111 1.10's modules/api/api.py (server-kill, -restart, -stop only with --api-server-stop), and the
 # built-in Lora extension's loras / refresh-loras; interrogate is left to its own issue.
@@ -91,27 +89,8 @@ def test_sd_modules_lists_the_vaes_in_forges_shape(call, listed_dir):
         {"model_name": "other-vae.safetensors", "filename": str(listed_dir / "VAE" / "other-vae.safetensors")}]
 
 
-def test_extensions_and_scripts_list_nothing_offered(call):
+def test_extensions_list_nothing(call):
     assert call("GET", "extensions")[1:] == ([], [])
-    assert call("GET", "script-info")[1:] == ([], [])
-    assert call("GET", "scripts")[1:] == ({"txt2img": [], "img2img": []},) * 2
-
-
-def test_script_listings_come_from_the_one_table(call, monkeypatch):
-    monkeypatch.setattr(schemas.scripts, "SCRIPTS", (
-        Script("prompt matrix", False, (ScriptArg("Put variable parts at start of prompt", False),
-                                         ScriptArg("Margin size", 0, 0, 256, 2)), tabs=("txt2img",)),
-        Script("seamless", True, (ScriptArg("Mode", "both", choices=("x", "y", "both")),)),
-    ))
-    status, body, output = call("GET", "script-info")
-    assert status == 200 and body == output
-    assert [(item["name"], item["is_alwayson"], item["is_img2img"]) for item in body] == [
-        ("prompt matrix", False, False), ("seamless", True, False), ("seamless", True, True)]
-    assert body[0]["args"][1] == {"label": "Margin size", "value": 0, "minimum": 0, "maximum": 256, "step": 2,
-                                  "choices": None}
-    assert body[1]["args"] == [{"label": "Mode", "value": "both", "minimum": None, "maximum": None, "step": None,
-                                "choices": ["x", "y", "both"]}]
-    assert call("GET", "scripts")[1] == {"txt2img": ["prompt matrix", "seamless"], "img2img": ["seamless"]}
 
 
 @pytest.mark.parametrize("endpoint", NOT_OFFERED)

@@ -68,8 +68,6 @@ NON_DEFAULT_VALUES = {
     "s_tmax": 5.0,
     "s_noise": 1.003,
     "refiner_checkpoint": "sd_xl_refiner_1.0.safetensors",
-    "script_name": "x/y/z plot",
-    "script_args": [1, "two"],
     "alwayson_scripts": {"ControlNet": {"args": []}},
     "save_images": True,
 }

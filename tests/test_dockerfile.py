@@ -76,4 +76,5 @@ def test_dependencies_are_pinned_and_the_manifest_parses():
     from engine.bake import read_manifest
 
     assert [e.relative_path for e in read_manifest(ROOT / "models.toml")] == [
-        "Stable-diffusion/v1-5-pruned-emaonly.safetensors"]
+        "Stable-diffusion/v1-5-pruned-emaonly.safetensors", "GFPGAN/GFPGANv1.4.pth",
+        "FaceDetection/face_detection_yunet_2023mar.onnx", "BLIP/blip-image-captioning-base"]

@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_MODELS_DIR ?= models
 DEMO_MODEL := $(DEMO_MODELS_DIR)/Stable-diffusion/tiny-sd15.safetensors
+# the stand-in face detector and CodeFormer (restore_faces), and the tiny BLIP captioner (/interrogate)
+DEMO_FACES := $(DEMO_MODELS_DIR)/Codeformer/codeformer-v0.1.0.pth
+DEMO_BLIP := $(DEMO_MODELS_DIR)/BLIP/tiny-blip/config.json
+DEMO_FILES := $(DEMO_MODEL) $(DEMO_FACES) $(DEMO_BLIP)
 export HF_HUB_OFFLINE := 1
 
 .PHONY: install demo test serve serve-runpod bake bench-cold clean
@@ -25,7 +29,13 @@ $(DEMO_MODEL): | install
 	$(PY) -m engine.tiny --models-dir $(DEMO_MODELS_DIR)
 	$(PY) -m engine.tiny_lora --models-dir $(DEMO_MODELS_DIR)  # Lora/tiny-lora: try <lora:tiny-lora:0.8>
 
-demo: install $(DEMO_MODEL)
+$(DEMO_FACES): | install
+	$(PY) -m engine.tiny_faces --models-dir $(DEMO_MODELS_DIR)
+
+$(DEMO_BLIP): | install
+	$(PY) -m engine.tiny_blip --models-dir $(DEMO_MODELS_DIR)
+
+demo: install $(DEMO_FILES)
 	MODELS_DIR=$(DEMO_MODELS_DIR) SD_MODEL=tiny-sd15 $(PY) -m handler.local test_input.json --outputs outputs
 
 test: install
@@ -33,11 +43,11 @@ test: install
 	$(PY) -m pytest tests
 
 # The A1111-compatible HTTP server (http://127.0.0.1:7860/sdapi/v1/..., docs at /docs), on the demo model.
-serve: install $(DEMO_MODEL)
+serve: install $(DEMO_FILES)
 	MODELS_DIR=$(DEMO_MODELS_DIR) $(PY) -m handler.http --host 127.0.0.1 --port 7860
 
 # The RunPod worker with RunPod's local API (POST http://127.0.0.1:8000/runsync), on the demo model.
-serve-runpod: install $(DEMO_MODEL)
+serve-runpod: install $(DEMO_FILES)
 	MODELS_DIR=$(DEMO_MODELS_DIR) $(PY) -m handler --rp_serve_api --rp_api_host 127.0.0.1 --rp_api_port 8000
 
 # Fill MODELS_DIR from a manifest (what the image build does): make bake MANIFEST=models.toml MODELS_DIR=/models
@@ -51,7 +61,8 @@ bench-cold: install
 	$(PY) tests/bench/cold_start.py
 
 clean:
-	rm -rf $(VENV) outputs $(DEMO_MODELS_DIR)/Stable-diffusion/tiny-sd15.safetensors
+	rm -rf $(VENV) outputs $(DEMO_MODEL) $(DEMO_FACES) $(DEMO_MODELS_DIR)/FaceDetection/face_detection_yunet_2023mar.onnx \
+		$(dir $(DEMO_BLIP))
 
 # Release (infra/README.md): settings in infra/deploy.yaml; RUNPOD_API_KEY, REGISTRY_USERNAME, REGISTRY_PASSWORD
 # from the environment. make deploy ENV=production [TAG=0.1.0-abc1234]; make rollback ENV=production [TO=tag]

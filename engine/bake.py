@@ -15,9 +15,12 @@ The manifest lists models by kind, each with a source and optionally its sha256 
 
     [[styles]]                                                   # A1111's prompt styles, as styles.csv
     source = "config/styles.csv"
+    [[interrogate]]
+    source = "hf://Salesforce/blip-image-captioning-base"   # /interrogate's BLIP captioner: BLIP/<repo name>/
 
 Sources: `hf://owner/repo/path/file` (one file), `hf://owner/repo` (a diffusers repo: configs and
-weights only, fp16 weights where the repo has them), `http(s)://` URLs, and local paths. Files land in
+weights only, fp16 weights where the repo has them; for [[interrogate]], a transformers repo: configs,
+tokenizer and safetensors weights), `http(s)://` URLs, and local paths. Files land in
 A1111's folders; a sha256 mismatch is an error that keeps no file; a re-run skips what is present.
 Each file's sha256 is recorded in hashes.json (for LoRAs also their "addnet" hash, the one A1111's
 infotext uses), so the worker never hashes weights at start.
@@ -35,20 +38,22 @@ import shutil
 import sys
 import tempfile
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from .models_dir import CHECKPOINTS_SUBDIR, HASHES_FILE, STYLES_FILE, Checkpoint, file_addnet_hash
+from .models_dir import CHECKPOINTS_SUBDIR, HASHES_FILE, STYLES_FILE, Checkpoint, file_addnet_hash, sha256_of
 
 FOLDERS = {"checkpoints": CHECKPOINTS_SUBDIR, "loras": "Lora", "embeddings": "embeddings", "vaes": "VAE",
            "upscalers": "ESRGAN",  # an upscaler entry may name its A1111 folder (RealESRGAN, SwinIR, ...)
            "face_restoration": "GFPGAN",  # or Codeformer/, FaceDetection/ (engine/face_restoration.py)
+           "interrogate": "BLIP",  # a transformers folder (engine/interrogate.py)
            "styles": ""}  # the models directory itself
 SINGLE_FILES = {"styles": STYLES_FILE}  # kinds that are one file of a fixed name: one entry at most
 CHUNK = 1 << 20
 _DIFFUSERS_FILES = ("model_index.json", "*/config.json", "*/*.txt", "*/*.json")  # configs, tokenizer, scheduler
+_TRANSFORMERS_FILES = ("*.json", "*.txt")  # configs, tokenizer, processor
 
 
 class BakeError(RuntimeError):
@@ -102,7 +107,8 @@ def bake(entries: list[Entry], models_dir: Path, convert: bool = True) -> None:
         print(f"baking: {entry.relative_path} from {entry.source}")
         target.parent.mkdir(parents=True, exist_ok=True)
         if entry.source.startswith("hf://") and entry.source.count("/") == 3:
-            sha256 = _bake_diffusers_repo(entry.source.removeprefix("hf://"), target)
+            bake_repo = _bake_transformers_repo if entry.kind == "interrogate" else _bake_diffusers_repo
+            sha256 = bake_repo(entry.source.removeprefix("hf://"), target)
         else:
             sha256 = _write_verified(entry, target)
         hashes[entry.relative_path] = {"sha256": sha256, "size": target.stat().st_size if target.is_file() else None}
@@ -199,26 +205,44 @@ def _hf_file(spec: str) -> Path:
 
 
 def _bake_diffusers_repo(repo_id: str, target: Path) -> str:
-    """A diffusers repo's configs and weights (fp16 where offered, renamed so they load by default).
+    """A diffusers repo's configs and weights (fp16 where offered, renamed so they load by default); returns
+    the folder's hash."""
+    from huggingface_hub import HfApi
 
-    Returns the folder's hash, as the worker computes it for diffusers folders.
-    """
-    from huggingface_hub import HfApi, snapshot_download
+    def rename_fp16(staging: Path) -> None:
+        for weight in staging.glob("*/*.fp16.safetensors"):
+            weight.rename(weight.with_name(weight.name.replace(".fp16.safetensors", ".safetensors")))
 
     files = HfApi().list_repo_files(repo_id)
     fp16 = any(f.endswith(".fp16.safetensors") for f in files)
     weights = ["*/*.fp16.safetensors"] if fp16 else ["*/*.safetensors"]
+    return _bake_snapshot(repo_id, target, [*_DIFFUSERS_FILES, *weights], rename_fp16,
+                          ignore=["*.ema.*", "*.non_ema.*", "safety_checker/*", "feature_extractor/*"])
+
+
+def _bake_transformers_repo(repo_id: str, target: Path) -> str:
+    """A transformers repo (a model with its processor) in save_pretrained layout: its safetensors weights where
+    it has them, else its PyTorch .bin ones (never the TF or Flax copies); returns the folder's hash."""
+    from huggingface_hub import HfApi
+
+    safetensors = any(f.endswith(".safetensors") for f in HfApi().list_repo_files(repo_id))
+    return _bake_snapshot(repo_id, target, [*_TRANSFORMERS_FILES, "*.safetensors" if safetensors else "*.bin"])
+
+
+def _bake_snapshot(repo_id: str, target: Path, allow: list[str], prepare: Callable[[Path], None] | None = None,
+                   ignore: list[str] = ()) -> str:
+    """The repo's files matching `allow` and not `ignore`, downloaded beside `target`, `prepare`d, then moved in
+    place of it. Returns the folder's hash, as the worker computes it for diffusers folders."""
+    from huggingface_hub import snapshot_download
+
     with tempfile.TemporaryDirectory(dir=target.parent) as staging:
-        snapshot_download(repo_id, local_dir=staging, allow_patterns=[*_DIFFUSERS_FILES, *weights],
-                          ignore_patterns=["*.ema.*", "*.non_ema.*", "safety_checker/*", "feature_extractor/*"])
-        for weight in Path(staging).glob("*/*.fp16.safetensors"):
-            weight.rename(weight.with_name(weight.name.replace(".fp16.safetensors", ".safetensors")))
+        snapshot_download(repo_id, local_dir=staging, allow_patterns=allow, ignore_patterns=list(ignore) or None)
+        if prepare:
+            prepare(Path(staging))
         shutil.rmtree(Path(staging) / ".cache", ignore_errors=True)
         shutil.rmtree(target, ignore_errors=True)
         shutil.move(staging, target)
-    from .models_dir import Checkpoint
-
-    return Checkpoint(target, target.name).sha256
+    return sha256_of(target.parent.parent, target)
 
 
 def _convert(checkpoint: Checkpoint) -> None:

@@ -51,8 +51,9 @@ class RestorerKind:
     run: Callable[[Any, torch.Tensor, float], torch.Tensor]  # (network, faces in [-1, 1], CodeFormer weight)
 
 
-# A1111's face_restoration_model names. GFPGAN's StyleGAN decoder runs on its stored noise (A1111 draws fresh
-# noise each time), so a result is reproducible.
+# A1111's face_restoration_model names, in A1111's order (the option's null takes the first whose weights are
+# present). GFPGAN's StyleGAN decoder runs on its stored noise (A1111 draws fresh noise each time), so a result is
+# reproducible.
 RESTORERS = {
     "CodeFormer": RestorerKind("Codeformer", "codeformer-v0.1.0.pth", "CodeFormer",
                                lambda net, faces, weight: net(faces, weight=weight)[0]),
@@ -61,11 +62,10 @@ RESTORERS = {
 }
 
 
-def face_restoration_model(request: GenerationRequest, options: Options) -> str | None:
-    """The restorer a txt2img/img2img request applies: restore_faces (unset: the face_restoration option)
-    turns it on, the face_restoration_model option names it."""
-    wanted = request.restore_faces if request.restore_faces is not None else options.face_restoration
-    return options.face_restoration_model if wanted else None
+def restores_faces(request: GenerationRequest, options: Options) -> bool:
+    """Whether a txt2img/img2img request restores faces: restore_faces, unset: the face_restoration option. The
+    face_restoration_model option names the restorer."""
+    return request.restore_faces if request.restore_faces is not None else options.face_restoration
 
 
 # ---------------------------------------------------------------- the pipeline, on numpy RGB images
@@ -177,15 +177,19 @@ class FaceRestorers:
         return [{"name": name, "cmd_dir": str(path.parent)} for name in RESTORERS
                 if (path := self.weights(name)) is not None]
 
-    def find(self, name: str, field: str) -> FaceRestorer:
-        """The restorer called `name` (a RESTORERS key), loaded; a missing file is named in the error."""
-        path = self.weights(name)
-        missing = [f"{RESTORERS[name].folder}/{RESTORERS[name].file}"] if path is None else []
+    def find(self, name: str | None, field: str) -> FaceRestorer:
+        """The restorer called `name` (a RESTORERS key; None: the first whose weights are here, in A1111's order),
+        loaded; a missing file is named in the error."""
+        name = name or next((restorer for restorer in RESTORERS if self.weights(restorer)), None)
+        path = self.weights(name) if name else None
+        missing = [] if path else [" or ".join(f"{kind.folder}/{kind.file}" for restorer, kind in RESTORERS.items()
+                                               if name in (None, restorer))]
         if not (self.models_dir / DETECTOR_FILE).is_file():
             missing.append(DETECTOR_FILE)
         if missing:
-            raise RequestError(field, f"face restoration with {name} needs {' and '.join(missing)} in the models "
-                                      f"directory ({self.models_dir}), which has no such file")
+            raise RequestError(field, f"face restoration{f' with {name}' if name else ''} needs "
+                                      f"{' and '.join(missing)} in the models directory ({self.models_dir}), which has "
+                                      "no such file")
         _import_cv2(field)
         if path not in self._networks:
             self._networks[path] = _load_network(path, name, field, self.device)

@@ -17,16 +17,18 @@ from typing import Any
 import torch
 from PIL import Image
 
-from schemas import ExtrasRequest, GenerationRequest, Img2ImgRequest, Options, RequestError, Txt2ImgRequest
+from schemas import (ExtrasRequest, GenerationRequest, Img2ImgRequest, InterrogateRequest, Options, RequestError,
+                     Txt2ImgRequest)
 from schemas.errors import quoted
 
 from .device import pick_device, pick_dtype
 from .embeddings import Embeddings
 from .extras import Extras, extras
 from .faults import out_of_memory_as_error
-from .face_restoration import FaceRestorer, FaceRestorers, face_restoration_model
+from .face_restoration import FaceRestorer, FaceRestorers, restores_faces
 from .generation import Generation
 from .img2img import img2img
+from .interrogate import Interrogator
 from .loading import load_pipeline, stored_dtype
 from .lora import LoraLibrary
 from .model import LoadedModel
@@ -48,6 +50,7 @@ class Engine:
         self.checkpoints = list_checkpoints(models_dir)
         self.upscalers = Upscalers(models_dir, device, dtype, upscale_tile)  # finds files; loads on first use
         self.faces = FaceRestorers(models_dir, device)  # loads on first use
+        self.interrogator = Interrogator(models_dir, device, dtype)  # the same
         self.vaes = Vaes(models_dir, device, dtype)  # the same
         self.embeddings = Embeddings(models_dir)  # read on first use
         self.loras = LoraLibrary(models_dir)  # finds files; each checkpoint loads them on first use
@@ -137,8 +140,9 @@ class Engine:
 
     def _face_restorer(self, request: GenerationRequest, options: Options) -> FaceRestorer | None:
         """restore_faces' restorer, loaded before generating (a missing file fails the request first)."""
-        name = face_restoration_model(request, options)
-        return self.faces.find(name, "restore_faces").with_weight(options.code_former_weight) if name else None
+        if not restores_faces(request, options):
+            return None
+        return self.faces.find(options.face_restoration_model, "restore_faces").with_weight(options.code_former_weight)
 
     def txt2img(self, request: Txt2ImgRequest, firstpass_image: Image.Image | None = None) -> Generation:
         return self._generate(request, lambda model, options, hires_model: txt2img(
@@ -163,6 +167,11 @@ class Engine:
         with out_of_memory_as_error(self.device, f"extras of {len(images)} image(s)"):
             return extras(self.upscalers, self.faces, request, images, self.options)
 
+    def interrogate(self, request: InterrogateRequest, image: Image.Image) -> str:
+        """A1111's /interrogate: the caption of the image by the model the request names."""
+        with out_of_memory_as_error(self.device, "interrogating an image"):
+            return self.interrogator.interrogate(request.model, image)
+
     def set_options(self, values: dict[str, Any]) -> None:
         """POST /options: A1111's options are validated (against the checkpoint they select, which is loaded, as
         is a new sd_vae) and stored only when all of them are good; unknown keys are ignored (as A1111 does)."""
@@ -179,11 +188,13 @@ class Engine:
         self.checkpoints = list_checkpoints(self.models_dir)
 
     def unload(self) -> None:
-        """Free every loaded checkpoint, VAE and upscaler; the next request loads what it needs."""
+        """Free every loaded checkpoint, VAE, upscaler, face restorer and captioner; the next request loads what it
+        needs."""
         self._loaded.clear()
         self.vaes.unload()
         self.upscalers.unload()
         self.faces.unload()
+        self.interrogator.unload()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

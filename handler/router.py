@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from engine.generation import Generation
 from engine.images import decode_image, read_infotext
 from schemas import (ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasRequest, ExtrasSingleImageRequest,
-                     ExtrasSingleImageResponse, GenerationRequest, ImageResponse, Img2ImgRequest, PngInfoRequest,
-                     PngInfoResponse, Txt2ImgRequest)
+                     ExtrasSingleImageResponse, GenerationRequest, ImageResponse, Img2ImgRequest, InterrogateRequest,
+                     InterrogateResponse, PngInfoRequest, PngInfoResponse, Txt2ImgRequest)
+
 from schemas.errors import cut
 from schemas.infotext import parse_infotext
 from schemas.payload import check_payload
@@ -75,6 +76,12 @@ def png_info(engine: Engine, payload: dict[str, Any], destination: Destination) 
     return PngInfoResponse(info=infotext or "", items=items, parameters=parameters).model_dump()
 
 
+def interrogate(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
+    request = InterrogateRequest.model_validate(payload)
+    caption = engine.interrogate(request, decode_image(request.image, "image"))
+    return InterrogateResponse(caption=caption).model_dump()
+
+
 def _extras_response(engine: Engine, request: ExtrasRequest, images: list[Image.Image], destination: Destination,
                      respond: Callable[[list[str], str], BaseModel]) -> dict[str, Any]:
     """`respond(images, html_info)` builds the endpoint's body."""
@@ -121,6 +128,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "png-info"): Route(png_info, READ),
     ("POST", "extra-single-image"): Route(extra_single_image, GENERATE),
     ("POST", "extra-batch-images"): Route(extra_batch_images, GENERATE),
+    ("POST", "interrogate"): Route(interrogate, GENERATE),  # runs a network: one at a time, like generations
     ("GET", "options"): Route(control.get_options, READ),
     ("POST", "options"): Route(control.set_options, CHANGE),
     ("GET", "progress"): Route(control.progress, READ),

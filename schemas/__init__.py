@@ -5,11 +5,12 @@ from .extras import (ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, Extras
                      ExtrasSingleImageResponse)
 from .generation import GenerationRequest
 from .img2img import Img2ImgRequest
+from .interrogate import InterrogateRequest, InterrogateResponse
 from .options import Options
 from .pnginfo import PngInfoRequest, PngInfoResponse
 from .responses import ImageResponse
 from .txt2img import Txt2ImgRequest
 
 __all__ = ["ExtrasBatchImagesRequest", "ExtrasBatchImagesResponse", "ExtrasRequest", "ExtrasSingleImageRequest",
-           "ExtrasSingleImageResponse", "GenerationRequest", "ImageResponse", "Img2ImgRequest", "Options",
-           "PngInfoRequest", "PngInfoResponse", "RequestError", "Txt2ImgRequest"]
+           "ExtrasSingleImageResponse", "GenerationRequest", "ImageResponse", "Img2ImgRequest", "InterrogateRequest",
+           "InterrogateResponse", "Options", "PngInfoRequest", "PngInfoResponse", "RequestError", "Txt2ImgRequest"]

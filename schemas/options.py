@@ -400,7 +400,8 @@ class Options(_StoredOptions):
     jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG and WebP quality")
     # Face restoration
     face_restoration: bool = Field(False, description="restore faces when a request leaves restore_faces unset")
-    face_restoration_model: Literal["CodeFormer", "GFPGAN"] = Field("CodeFormer", description="restore_faces' restorer")
+    face_restoration_model: Literal["CodeFormer", "GFPGAN"] | None = Field(
+        None, description="restore_faces' restorer; null: the first whose weights are present, CodeFormer then GFPGAN")
     code_former_weight: float = Field(0.5, ge=0, le=1, description="CodeFormer's weight for restore_faces (0 = "
                                                                    "the most effect)")
     # ControlNet (not used yet)

@@ -12,7 +12,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers / transformers / huggingface_hub are imported
 
 import base64
+import importlib
 import io
+import shlex
 import shutil
 import socket
 import subprocess
@@ -276,3 +278,34 @@ def start_tiny_engine():
     from engine.runtime import Engine
 
     return lambda models_dir: Engine.start(models_dir=models_dir, sd_model=TINY_NAME, device="cpu", dtype="float32")
+
+
+# ---------------------------------------------------------------- the demo's models directory
+
+def demo_writer_commands(models_dir: Path) -> list[list[str]]:
+    """The commands `make demo` writes its models directory with (`python -m engine.tiny...` lines of `make -n`),
+    for `models_dir`, without the interpreter: [module, *arguments]."""
+    printed = subprocess.run(["make", "-n", "demo", f"DEMO_MODELS_DIR={models_dir}"], cwd=REPO_ROOT, check=True,
+                             capture_output=True, text=True).stdout
+    commands = [shlex.split(line, comments=True) for line in printed.splitlines() if " -m engine.tiny" in line]
+    return [command[command.index("-m") + 1:] for command in commands]
+
+
+@pytest.fixture(scope="session")
+def demo_models_dir(tmp_path_factory) -> Path:
+    """A models directory written by the commands `make demo` runs (run in-process): tiny-sd15, its LoRA, the
+    stand-in face detector and CodeFormer, the tiny BLIP captioner."""
+    directory = tmp_path_factory.mktemp("demo-models")
+    commands = demo_writer_commands(directory)
+    assert commands, "make -n demo printed no python -m engine.tiny... command"
+    for module, *arguments in commands:
+        importlib.import_module(module).main(arguments)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def demo_engine(demo_models_dir):
+    """An engine on the demo's models directory, with default options (CPU, float32)."""
+    from engine.runtime import Engine
+
+    return Engine.start(models_dir=demo_models_dir, sd_model=TINY_NAME, device="cpu", dtype="float32")

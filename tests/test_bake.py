@@ -1,11 +1,14 @@
-"""The bake step from local sources: a loopback HTTP server (with ranges) and local paths."""
+"""The bake step from local sources: a loopback HTTP server (with ranges), local paths and a stand-in hub."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -213,3 +216,48 @@ def test_a_styles_file_lands_as_styles_csv_where_the_worker_reads_it(tmp_path, m
     two = write_manifest(tmp_path, f'[[styles]]\nsource = "{source}"\n[[styles]]\nsource = "{source}"\n')
     with pytest.raises(BakeError, match="one entry"):
         read_manifest(two)
+
+
+@pytest.mark.parametrize("weights", ["model.safetensors", "pytorch_model.bin"])
+def test_an_interrogate_repo_lands_in_blip_as_a_folder_the_worker_loads(tmp_path, monkeypatch, weights):
+    """hf://owner/repo under [[interrogate]]: the repo's configs, tokenizer and one copy of the weights (safetensors
+    where the repo has them), from a stand-in hub holding the tiny BLIP and the copies not to fetch."""
+    import huggingface_hub
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from engine.interrogate import Interrogator
+    from engine.tiny_blip import write_tiny_blip
+
+    repo = write_tiny_blip(tmp_path / "hub")
+    state = load_file(repo / "model.safetensors")
+    torch.save(state, repo / "pytorch_model.bin")
+    for decoy in ("tf_model.h5", "flax_model.msgpack", "README.md"):
+        (repo / decoy).write_bytes(b"not fetched")
+    (repo / ({"model.safetensors", "pytorch_model.bin"} - {weights}).pop()).unlink()
+    fetched = []
+
+    class Hub:
+        def list_repo_files(self, repo_id):
+            return sorted(path.name for path in repo.iterdir())
+
+    def snapshot_download(repo_id, local_dir, allow_patterns, ignore_patterns=None):
+        fetched.append(repo_id)
+        for path in repo.iterdir():
+            if any(fnmatch.fnmatch(path.name, pattern) for pattern in allow_patterns):
+                shutil.copy(path, Path(local_dir) / path.name)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    models = tmp_path / "models"
+    bake(read_manifest(write_manifest(tmp_path, '[[interrogate]]\nsource = "hf://Salesforce/tiny-blip"\n')), models)
+    folder = models / "BLIP" / "tiny-blip"
+    assert fetched == ["Salesforce/tiny-blip"]
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        path.name for path in repo.iterdir() if path.suffix in (".json", ".txt") or path.name == weights)
+    assert json.loads((models / "hashes.json").read_text())["BLIP/tiny-blip"]["sha256"]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    caption = Interrogator(models, torch.device("cpu"), torch.float32).interrogate("clip", image)
+    assert caption == Interrogator(tmp_path / "hub", torch.device("cpu"), torch.float32).interrogate("clip", image)

@@ -76,7 +76,9 @@ def test_dependencies_are_pinned_and_the_manifest_parses():
     from engine.bake import read_manifest
 
     assert [e.relative_path for e in read_manifest(ROOT / "models.toml")] == [
-        "Stable-diffusion/v1-5-pruned-emaonly.safetensors"]
+        "Stable-diffusion/v1-5-pruned-emaonly.safetensors", "GFPGAN/GFPGANv1.4.pth",
+        "FaceDetection/face_detection_yunet_2023mar.onnx", "BLIP/blip-image-captioning-base"]
+
 
 
 def test_the_fetch_stage_imports_with_only_the_files_it_copies(tmp_path):

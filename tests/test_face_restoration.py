@@ -15,13 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.face_restoration import (DETECTOR_FILE, FACE_SIZE, FFHQ_TEMPLATE, FaceRestorers, align_face,
+from conftest import REPO_ROOT
+from engine.bake import read_manifest
+from engine.face_restoration import (DETECTOR_FILE, FACE_SIZE, FFHQ_TEMPLATE, RESTORERS, FaceRestorers, align_face,
                                      detect_faces, restore_faces)
+from engine.tiny_faces import CELL, face_landmarks, write_detector, write_restorers
 from handler.router import route
 from handler.worker import make_handler
-from schemas import RequestError
-
-from face_models import CELL, face_landmarks, write_detector, write_restorers
+from schemas import Options, RequestError
 
 CPU = torch.device("cpu")
 FACE_CELL = (2, 1)  # (row, column) of the red cell the test images mark a face with
@@ -215,8 +216,25 @@ def test_extras_without_the_files_fail_naming_them(upscaler_engine, field):
 
 def test_restore_faces_without_the_files_fails_before_generating(engine):
     output = make_handler(engine)({"input": {"prompt": "a cat", "restore_faces": True, "steps": 1}})
-    assert output["error"].startswith("restore_faces: face restoration with CodeFormer needs "
-                                      "Codeformer/codeformer-v0.1.0.pth and ")
+    assert output["error"].startswith("restore_faces: face restoration needs Codeformer/codeformer-v0.1.0.pth or "
+                                      f"GFPGAN/GFPGANv1.4.pth and {DETECTOR_FILE} in the models directory")
+    named = make_handler(engine)({"input": {"prompt": "a cat", "restore_faces": True, "steps": 1,
+                                            "override_settings": {"face_restoration_model": "GFPGAN"}}})
+    assert named["error"].startswith("restore_faces: face restoration with GFPGAN needs GFPGAN/GFPGANv1.4.pth and ")
+
+
+def _link_restorers(directory: Path, restorer_files: Path, relative_paths: list[str]) -> None:
+    for relative in relative_paths:
+        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        os.link(restorer_files / relative, directory / relative)
+
+
+@pytest.mark.parametrize("present, default", [(["GFPGAN"], "GFPGAN"), (["GFPGAN", "CodeFormer"], "CodeFormer")])
+def test_without_the_option_the_first_restorer_present_in_a1111s_order_is_used(tmp_path, restorer_files, present,
+                                                                               default):
+    _link_restorers(tmp_path, restorer_files, [f"{RESTORERS[name].folder}/{RESTORERS[name].file}" for name in present])
+    write_detector(tmp_path / DETECTOR_FILE)
+    assert FaceRestorers(tmp_path, CPU).find(None, "restore_faces").name == default
 
 
 def test_an_unknown_restorer_option_is_refused(engine):
@@ -258,3 +276,25 @@ def test_img2img_restore_faces_uses_the_options_restorer(every_cell_engine):
     expected = restorer(Image.fromarray(opened(plain["images"][0]).astype(np.uint8), "RGB"))
     assert np.array_equal(opened(restored["images"][0]), np.asarray(expected))
     assert "Face restoration: GFPGAN," in json.loads(restored["info"])["infotexts"][0]
+
+
+# ---------------------------------------------------------------- out of the box: the image's manifest, the demo
+
+def test_the_images_manifest_bakes_the_restorer_the_default_options_use_and_the_detector(tmp_path, restorer_files):
+    baked = {entry.relative_path for entry in read_manifest(REPO_ROOT / "models.toml")
+             if entry.kind == "face_restoration"}
+    assert baked == {f"{RESTORERS['GFPGAN'].folder}/{RESTORERS['GFPGAN'].file}", DETECTOR_FILE}
+    _link_restorers(tmp_path, restorer_files, [path for path in baked if path != DETECTOR_FILE])
+    write_detector(tmp_path / DETECTOR_FILE)
+    assert FaceRestorers(tmp_path, CPU).find(Options().face_restoration_model, "restore_faces").name == "GFPGAN"
+
+
+def test_the_demo_restores_faces_with_default_options(demo_engine):
+    assert demo_engine.options.face_restoration_model is None
+    request = {"prompt": "a face", "seed": 5, "steps": 1, "width": 64, "height": 64}
+    plain = make_handler(demo_engine)({"input": request})
+    restored = make_handler(demo_engine)({"input": {**request, "restore_faces": True}})
+    assert not np.array_equal(opened(restored["images"][0]), opened(plain["images"][0]))
+    info = json.loads(restored["info"])
+    assert (info["restore_faces"], info["face_restoration_model"]) == (True, "CodeFormer")
+    assert "Face restoration: CodeFormer," in info["infotexts"][0]

@@ -106,9 +106,9 @@ def test_validation_errors_are_422_naming_the_field(base):
 
 
 def test_unknown_endpoint_is_a_clear_404(base):
-    response = requests.post(api(base) + "interrogate", json={}, timeout=10)
+    response = requests.post(api(base) + "nothing-here", json={}, timeout=10)
     assert response.status_code == 404
-    detail = "POST /sdapi/v1/interrogate is not offered by this worker"
+    detail = "POST /sdapi/v1/nothing-here is not offered by this worker"
     assert response.json() == {"error": "Not Found", "detail": detail, "body": "", "errors": ""}
 
 

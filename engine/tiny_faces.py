@@ -1,13 +1,25 @@
-"""Tiny face-restoration files the tests generate: a YuNet-format face detector (ONNX) that finds a "face" of
-known landmarks in every pure-red 32 x 32 cell of the image (or in every cell), and GFPGAN and CodeFormer
-networks with random weights, built from spandrel's own classes (GFPGAN at its full size, the only one spandrel
-detects; CodeFormer with a small transformer), written under A1111's file names."""
+"""Stand-in face-restoration files for tests and the demo: a YuNet-format face detector (ONNX) that finds a
+"face" of known landmarks in every pure-red 32 x 32 cell of the image (or one face in any image), and GFPGAN and
+CodeFormer networks with random weights, built from spandrel's own classes and written under A1111's file names.
+
+    python -m engine.tiny_faces --models-dir DIR
+
+writes what the demo needs for restore_faces: DIR/FaceDetection/face_detection_yunet_2023mar.onnx (the detector
+that finds one face in any image, so that restoration visibly runs) and DIR/Codeformer/codeformer-v0.1.0.pth. The
+networks are only as small as spandrel recognises them: CodeFormer keeps its full-size image encoder and decoder
+(138 MB in float16) around a small transformer, GFPGAN has its full size (167 MB). Writing the detector needs the
+onnx package (the dev extra).
+"""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from .face_restoration import DETECTOR_FILE, RESTORERS
 
 CELL = 32  # the detector's stride that fires; the others never do
 # a detected face, relative to its cell's top-left corner, in cells: box (centre x, centre y, log w, log h) and
@@ -63,28 +75,50 @@ def face_landmarks(row: int, column: int) -> np.ndarray:
     return (points + (column, row)) * CELL
 
 
-def write_restorers(models_dir: Path) -> None:
-    """GFPGAN/GFPGANv1.4.pth and Codeformer/codeformer-v0.1.0.pth with random weights (seeded, in float16 to
-    halve the files), in the checkpoints' {"params_ema": state dict} layout."""
-    import torch
-
-    from engine.upscalers import _import_spandrel
-
-    _import_spandrel()
+def _gfpgan() -> torch.nn.Module:
     from spandrel.architectures.GFPGAN import GFPGAN
+
+    return GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
+                  num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True)
+
+
+def _codeformer() -> torch.nn.Module:
     from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
 
-    networks = {
-        "GFPGAN/GFPGANv1.4.pth": lambda: GFPGAN(
-            out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None, fix_decoder=False,
-            num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True),
-        "Codeformer/codeformer-v0.1.0.pth": lambda: CodeFormer(
-            dim_embd=64, n_head=8, n_layers=1, codebook_size=64, latent_size=256, connect_list=["32", "64"]),
-    }
-    for index, (relative, build) in enumerate(networks.items()):
-        torch.manual_seed(index)
-        state = {key: value.half() if value.is_floating_point() else value
-                 for key, value in build().state_dict().items()}
-        path = models_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"params_ema": state}, path)
+    return CodeFormer(dim_embd=64, n_head=8, n_layers=1, codebook_size=64, latent_size=256, connect_list=["32", "64"])
+
+
+NETWORKS = {"GFPGAN": (_gfpgan, 0), "CodeFormer": (_codeformer, 1)}  # restorer -> (its network, the seed)
+
+
+def write_restorer(models_dir: Path, name: str) -> Path:
+    """The restorer `name` (a RESTORERS key) in its A1111 folder under its A1111 file name, with random weights
+    (seeded, in float16 to halve the file), in the checkpoints' {"params_ema": state dict} layout."""
+    from .upscalers import _import_spandrel
+
+    _import_spandrel()
+    build, seed = NETWORKS[name]
+    torch.manual_seed(seed)
+    state = {key: value.half() if value.is_floating_point() else value for key, value in build().state_dict().items()}
+    path = Path(models_dir) / RESTORERS[name].folder / RESTORERS[name].file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"params_ema": state}, path)
+    return path
+
+
+def write_restorers(models_dir: Path) -> None:
+    """Every restorer, GFPGAN and CodeFormer."""
+    for name in NETWORKS:
+        write_restorer(models_dir, name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    print(write_detector(args.models_dir / DETECTOR_FILE, every_cell=True))
+    print(write_restorer(args.models_dir, "CodeFormer"))
+
+
+if __name__ == "__main__":
+    main()

@@ -185,14 +185,21 @@ def queued(method: str, endpoint: str) -> bool:
     return entry is not None and entry.kind is not READ
 
 
+def _not_offered(method: str, endpoint: str) -> UnknownEndpoint:
+    """The error for an endpoint not in ROUTES: the method to use if only that is wrong, else the generating ones."""
+    other = next((m for m, e in ROUTES if e == endpoint and m != method), None)
+    hint = (f"use {other} /{API_PREFIX}{endpoint}" if other else "the generating endpoints are " + ", ".join(
+        f"{m} /{API_PREFIX}{e}" for (m, e), entry in ROUTES.items() if entry.kind is GENERATE))
+    return UnknownEndpoint(f"api.endpoint: {method} /{API_PREFIX}{cut(endpoint)} is not offered; {hint}")
+
+
 def route(engine: Engine, method: str, endpoint: str, payload: dict[str, Any],
           destination: Destination | None = None) -> Any:
     """Run an endpoint's operation; images go to `destination` (default: base64, or the BUCKET_* bucket)."""
     destination = destination or Destination.for_job(uuid.uuid4().hex)
     key = _key(method, endpoint)
     if key not in ROUTES:
-        offered = ", ".join(f"{m} /{API_PREFIX}{e}" for m, e in ROUTES)
-        raise UnknownEndpoint(f"api.endpoint: {key[0]} /{API_PREFIX}{cut(key[1])} is not offered; offered: {offered}")
+        raise _not_offered(*key)
     check_payload(payload)
     operation, kind = ROUTES[key]
     if kind is not GENERATE:

@@ -136,13 +136,9 @@ class GenerationRequest(BaseModel):
 
     @field_validator("width", "height")
     @classmethod
-    def _multiple_of_8(cls, value: int) -> int:
-        if value % limits.SIDE_MULTIPLE:
-            raise PydanticCustomError(
-                "multiple_of", "must be a multiple of {multiple} (got {value})",
-                {"multiple": limits.SIDE_MULTIPLE, "value": value},
-            )
-        return value
+    def _floored_to_multiple_of_8(cls, value: int) -> int:
+        """As A1111 generates other sizes: floored to the VAE's multiple (its latents are size / 8)."""
+        return value // limits.SIDE_MULTIPLE * limits.SIDE_MULTIPLE
 
     @field_validator("sampler_name", "sampler_index")
     @classmethod

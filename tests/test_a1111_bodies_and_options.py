@@ -115,9 +115,9 @@ def test_null_is_refused_where_a1111_refuses_it(engine, endpoint, field):
 
 # ---------------------------------------------------------------- options: A1111's set, whole
 
-A1111_DEFAULTS = {  # options clients read, with A1111 1.10's defaults
+A1111_DEFAULTS = {  # options clients read, with A1111 1.10's defaults (face_restoration_model: see README)
     "send_seed": True, "samples_format": "png", "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0,
-    "sd_vae": "Automatic", "face_restoration_model": "CodeFormer", "upscaler_for_img2img": None,
+    "sd_vae": "Automatic", "face_restoration_model": None, "upscaler_for_img2img": None,
     "img2img_fix_steps": False, "randn_source": "GPU", "eta_ancestral": 1.0, "eta_ddim": 0.0, "s_churn": 0.0,
     "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0, "s_min_uncond": 0.0, "sdxl_crop_top": 0, "sdxl_crop_left": 0,
     "sdxl_refiner_low_aesthetic_score": 2.5, "sdxl_refiner_high_aesthetic_score": 6.0,

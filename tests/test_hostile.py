@@ -197,7 +197,7 @@ CORPUS: list[Case] = [
     C("width-1e9", "txt2img", t2i(width=1e9), "width"),
     C("width-negative", "txt2img", t2i(width=-64), "width"),
     C("width-over-max", "txt2img", t2i(width=4096), "width"),
-    C("height-not-multiple-of-8", "txt2img", t2i(height=65), "height"),
+    C("height-under-min", "txt2img", t2i(height=63), "height"),
     C("batch_size-1e9", "txt2img", t2i(batch_size=1e9), "batch_size"),
     C("batch_size-zero", "txt2img", t2i(batch_size=0), "batch_size"),
     C("n_iter-negative", "txt2img", t2i(n_iter=-1), "n_iter"),
@@ -454,6 +454,8 @@ ACCEPTED: list[Accepted] = [
     # A1111 declares these Optional: null is the default
     Accepted("steps-null", "txt2img", t2i(steps=None)),
     Accepted("height-null", "txt2img", t2i(height=None, width=64), check=_image_size((64, 512))),
+    # floored to a multiple of 8, as A1111 generates it
+    Accepted("height-not-multiple-of-8", "txt2img", t2i(height=71), check=_image_size((64, 64))),
     Accepted("cfg_scale-null", "txt2img", t2i(cfg_scale=None)),
     # ignored without enable_hr, as in A1111
     Accepted("firstpass_image-without-hires", "txt2img", t2i(firstpass_image=PNG64)),

@@ -165,12 +165,9 @@ def test_scheduler_is_case_insensitive_name_or_label():
 # ---------------------------------------------------------------- sizes and limits
 
 @pytest.mark.parametrize("field", ["width", "height"])
-@pytest.mark.parametrize("value", [65, 100, 513, 1020])
-def test_side_not_multiple_of_8_is_refused_naming_the_field(field, value):
-    message = refusal({field: value})
-    assert message.startswith(f"{field}:"), message
-    assert "multiple of 8" in message
-    assert str(value) in message
+@pytest.mark.parametrize("value, floored", [(65, 64), (100, 96), (513, 512), (1020, 1016)])
+def test_side_not_multiple_of_8_is_floored_as_a1111_generates_it(field, value, floored):
+    assert getattr(Txt2ImgRequest.model_validate({field: value}), field) == floored
 
 
 @pytest.mark.parametrize("field", ["width", "height"])
@@ -214,7 +211,7 @@ def test_wrong_type_names_the_field_and_value():
 
 
 def test_several_errors_are_joined_on_one_line():
-    message = refusal({"width": 65, "steps": 0})
+    message = refusal({"width": 63, "steps": 0})
     assert "width:" in message and "steps:" in message
 
 

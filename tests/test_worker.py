@@ -41,7 +41,7 @@ A1111_FULL_TXT2IMG_BODY = {
 }
 
 BAD_PAYLOADS = [  # (payload, the field the error must name)
-    ({"prompt": "a cat", "width": 65}, "width"),
+    ({"prompt": "a cat", "width": 63}, "width"),
     ({"prompt": "a cat", "steps": 0}, "steps"),
     ({"prompt": "a cat", "steps": "many"}, "steps"),
     ({"prompt": "a cat", "sampler_name": "Nope"}, "sampler_name"),
@@ -239,7 +239,7 @@ def test_http_bare_extras_body(runsync, decode_png):
 
 
 def test_http_bad_payload_fails_then_the_next_job_completes(runsync, completed_image):
-    result = runsync({"prompt": "a cat", "width": 65, "steps": 2})
+    result = runsync({"prompt": "a cat", "width": 63, "steps": 2})
     assert result["status"] == "FAILED"
     assert "output" not in result or not result["output"]
     error = result["error"]
@@ -308,7 +308,7 @@ def test_local_runner_writes_pngs_and_prints_their_paths(models_dir, tmp_path, w
 
 def test_local_runner_reports_a_failed_job(models_dir, tmp_path, worker_env):
     job_file = tmp_path / "job.json"
-    job_file.write_text(json.dumps({"input": {"prompt": "a cat", "width": 65}}))
+    job_file.write_text(json.dumps({"input": {"prompt": "a cat", "width": 63}}))
     result = subprocess.run([PYTHON, "-m", "handler.local", str(job_file), "--outputs", str(tmp_path / "out")],
                             cwd=REPO_ROOT, env=worker_env(models_dir), capture_output=True, text=True,
                             timeout=300, stdin=subprocess.DEVNULL)

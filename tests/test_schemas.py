@@ -121,11 +121,6 @@ WEBUIAPI_DEFAULT_PAYLOAD = {
 # A value other than the accepted default(s) for each field the worker does not implement yet.
 NON_DEFAULT_VALUES = {
     "styles": ["my style"],
-    "s_min_uncond": 0.5,
-    "s_churn": 0.5,
-    "s_tmin": 0.5,
-    "s_tmax": 5.0,
-    "s_noise": 1.003,
     "refiner_checkpoint": "sd_xl_refiner_1.0.safetensors",
     "script_name": "x/y/z plot",
     "script_args": [1, "two"],

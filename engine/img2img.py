@@ -25,7 +25,7 @@ from .generation import Generation
 from .job import Job
 from .model import LoadedModel
 from .progress import Progress
-from .sampling import Inpainting, denoise, img2img_steps, set_schedule
+from .sampling import Inpainting, img2img_steps, set_schedule
 from .tiling import tiled
 
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # inpainting_fill 0..3
@@ -131,8 +131,8 @@ def _generate(job: Job, request: Img2ImgRequest, options: Options, sources: list
     length, run = img2img_steps(request.steps, request.denoising_strength, options.img2img_fix_steps)
     timesteps = set_schedule(scheduler, length, run, model.device)
     conditioning = job.prepare(request.prompts, request.steps)
-    latents = denoise(model.unet, scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]),
-                      conditioning, request.cfg_scale, generators, job.eta, inpainting, job.progress)
+    latents = job.denoise(scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]), conditioning,
+                          generators, inpainting)
     generated = job.restore_faces(model.decode_latents(latents))
     return [_compose(canvas, image, plan) for (canvas, _), image, plan in zip(frames, generated, plans)]
 

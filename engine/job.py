@@ -12,6 +12,7 @@ import torch
 
 from schemas import GenerationRequest, Options, RequestError, limits
 from schemas.extra_networks import PassPrompts
+from schemas.sampler_params import SamplerParams, infotext_params, sampler_params
 from schemas.samplers import Sampler, Schedule
 
 from .conditioning import Conditioning
@@ -25,6 +26,7 @@ from .noise import batch_noise, latent_shape, resolve_seed
 from .progress import Progress
 from .prompt_parser import split_and
 from .samplers import make_scheduler
+from .sampling import Guidance, Inpainting, denoise
 
 def _check_prompt_size(model: LoadedModel, prompts: PassPrompts) -> None:
     """A pass's prompts within the limits on AND parts and 75-token chunks. The chunks are counted on the
@@ -64,7 +66,13 @@ class Job:
 
     @property
     def uses_noise_seed_delta(self) -> bool:
-        return bool(self.options.eta_noise_seed_delta) and self.sampler.adds_noise
+        """ENSD reseeds the step noise of samplers that draw it; at eta 0 they draw none (as A1111 decides)."""
+        return (bool(self.options.eta_noise_seed_delta) and self.sampler.adds_noise
+                and self.sampler_params(self.sampler).eta != 0)
+
+    def sampler_params(self, sampler: Sampler) -> SamplerParams:
+        """The sampler parameters `sampler` runs with for this request."""
+        return sampler_params(sampler, self.request, self.options)
 
     def batches(self) -> Iterator[tuple[list[int], list[int]]]:
         """(seeds, subseeds) of each of the n_iter batches; none after an interrupt."""
@@ -103,19 +111,32 @@ class Job:
     def scheduler(self, seeds: list[int], sampler: Sampler | None = None, schedule: Schedule | None = None,
                   model: LoadedModel | None = None):
         """A fresh scheduler for one batch on `model`'s noise schedule (the request's sampler and model unless
-        others are given)."""
+        others are given), with its parameters."""
+        sampler = sampler or self.sampler
         delta = self.options.eta_noise_seed_delta if self.uses_noise_seed_delta else 0
         config = (model or self.model).scheduler_config
         seeds = [seed + delta for seed in seeds]
-        return make_scheduler(config, sampler or self.sampler, schedule or self.schedule, seeds)
+        return make_scheduler(config, sampler, schedule or self.schedule, seeds, self.sampler_params(sampler))
+
+    def denoise(self, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, conditioning: Conditioning,
+                generators: list, inpainting: Inpainting | None = None, sampler: Sampler | None = None,
+                model: LoadedModel | None = None) -> torch.Tensor:
+        """Run a sampling pass of `sampler` on `model` (the request's unless others are given) with the request's
+        guidance. Its parameters go into the infotext as A1111 adds them: when the pass starts, and NGMS once a
+        negative prompt was skipped."""
+        sampler = sampler or self.sampler
+        params = self.sampler_params(sampler)
+        self.extra_params.update(infotext_params(sampler, params))
+        guidance = Guidance(self.request.cfg_scale, params.s_min_uncond, sampler.guided_by_timestep)
+        latents = denoise((model or self.model).unet, scheduler, timesteps, latents, conditioning, guidance,
+                          generators, params.eta or 0.0, inpainting, self.progress)
+        if guidance.skipped_uncond:
+            self.extra_params["NGMS"] = params.s_min_uncond
+        return latents
 
     def restore_faces(self, images: list) -> list:
         """Decoded images with their faces restored when the request asks (before any inpainting overlay)."""
         return [self.faces(image) for image in images] if self.faces else images
-
-    @property
-    def eta(self) -> float:
-        return self.request.eta or 0.0
 
     def params(self, index: int) -> dict[str, Any]:
         """Image `index`'s infotext parameters, in A1111's order."""
@@ -140,7 +161,6 @@ class Job:
             "Denoising strength": self.extra_params.get("Denoising strength"),
             "Clip skip": self.clip_skip if self.clip_skip > 1 else None,
             "ENSD": self.options.eta_noise_seed_delta if self.uses_noise_seed_delta else None,
-            "Eta": request.eta if self.sampler.name == "DDIM" and request.eta else None,
             "Tiling": True if request.tiling else None,
             **{k: v for k, v in self.extra_params.items() if k != "Denoising strength"},
             "Version": worker_version(),

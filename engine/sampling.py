@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .conditioning import Conditioning
+from .kdiffusion import timestep_to_sigma
 from .progress import Progress
 
 
@@ -47,6 +48,27 @@ def set_schedule(scheduler, length: int, run: int, device) -> torch.Tensor:
     return scheduler.timesteps[start:]
 
 
+@dataclass
+class Guidance:
+    """Classifier-free guidance of a sampling pass, with A1111's "negative guidance minimum sigma" (s_min_uncond,
+    infotext NGMS): every other model evaluation (the odd ones) whose noise level is below s_min_uncond runs
+    without the negative prompt, the prompt alone guiding (scale 1). A1111's timestep samplers (DDIM, PLMS,
+    UniPC) compare the UNet timestep instead of sigma, as A1111's do."""
+
+    cfg_scale: float
+    s_min_uncond: float = 0.0
+    by_timestep: bool = False
+    skipped_uncond: bool = False  # set once an evaluation ran without the negative prompt
+
+    def skips_uncond(self, index: int, scheduler, timestep: torch.Tensor) -> bool:
+        if not (index % 2 and self.s_min_uncond > 0):
+            return False
+        level = float(timestep) if self.by_timestep else timestep_to_sigma(scheduler, timestep)
+        skip = level < self.s_min_uncond
+        self.skipped_uncond |= skip
+        return skip
+
+
 def _step_kwargs(scheduler, generators, eta: float) -> dict:
     accepted = inspect.signature(scheduler.step).parameters
     kwargs = {}
@@ -59,33 +81,48 @@ def _step_kwargs(scheduler, generators, eta: float) -> dict:
 
 @torch.inference_mode()
 def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, conditioning: Conditioning,
-            cfg_scale: float, generators: list[torch.Generator], eta: float = 0.0,
+            guidance: Guidance, generators: list[torch.Generator], eta: float = 0.0,
             inpainting: Inpainting | None = None, progress: Progress | None = None) -> torch.Tensor:
     """Run `timesteps` from `latents` (already noised to the first timestep's level).
 
-    Reports each step to `progress` and stops early when it is interrupted or skipped.
+    `eta` goes to schedulers whose step takes it (DDIM); schedulers with A1111's churn (engine/churn.py) lift
+    the latents before the model evaluates a step. Reports each step to `progress` and stops early when it is
+    interrupted or skipped.
     """
     batch = latents.shape[0]
     step_kwargs = _step_kwargs(scheduler, generators, eta)
+    churn = getattr(scheduler, "churn", None)
     for index, timestep in enumerate(timesteps):
         if progress is not None:
             if progress.stopping:
                 break
             progress.step(index, len(timesteps))
+        if churn is not None:
+            latents, timestep = churn(latents, timestep, generators)
         uncond, conds = conditioning.at(index // scheduler.order)
-        parts = 1 + len(conds)
+        skip_uncond = guidance.skips_uncond(index, scheduler, timestep)
+        contexts = conds if skip_uncond else (uncond, *conds)
+        parts = len(contexts)
         model_input = scheduler.scale_model_input(torch.cat([latents] * parts), timestep)
         if inpainting is not None and inpainting.unet_extra is not None:
             model_input = torch.cat([model_input, inpainting.unet_extra.repeat(parts, 1, 1, 1)], dim=1)
-        context = torch.cat([c.expand(batch, -1, -1) for c in (uncond, *conds)]).to(unet.dtype)
+        context = torch.cat([c.expand(batch, -1, -1) for c in contexts]).to(unet.dtype)
         predictions = unet(model_input.to(unet.dtype), timestep, encoder_hidden_states=context).sample.float()
-        uncond_pred, *cond_preds = predictions.chunk(parts)
-        guided = uncond_pred + sum(weight * cfg_scale * (cond - uncond_pred)
-                                   for weight, cond in zip(conditioning.weights, cond_preds))
+        guided = _guided(predictions.chunk(parts), conditioning.weights, guidance.cfg_scale, skip_uncond)
         latents = scheduler.step(guided, timestep, latents, **step_kwargs).prev_sample
         if inpainting is not None and inpainting.unet_extra is None:
             latents = _keep_unmasked(scheduler, timesteps, index, latents, inpainting)
     return latents
+
+
+def _guided(predictions: tuple[torch.Tensor, ...], weights, cfg_scale: float, skip_uncond: bool) -> torch.Tensor:
+    """The UNet's predictions (uncond first, then each AND part) combined by CFG and composable diffusion.
+    Without the uncond prediction, the first part's stands in for it at scale 1, as in A1111."""
+    if skip_uncond:
+        base, conds, scale = predictions[0], predictions, 1.0
+    else:
+        (base, *conds), scale = predictions, cfg_scale
+    return base + sum(weight * scale * (cond - base) for weight, cond in zip(weights, conds))
 
 
 def _keep_unmasked(scheduler, timesteps, index: int, latents: torch.Tensor, inpainting: Inpainting) -> torch.Tensor:

@@ -13,7 +13,7 @@ from .generation import Generation
 from .job import Job
 from .model import LoadedModel
 from .progress import Progress
-from .sampling import Inpainting, denoise, img2img_steps, set_schedule
+from .sampling import Inpainting, img2img_steps, set_schedule
 from .tiling import tiled
 from .face_restoration import FaceRestorer
 from .upscalers import LATENT_MODES, PixelUpscaler, Upscalers, upscale_latents
@@ -71,8 +71,8 @@ def _first_pass(job: Job, request: Txt2ImgRequest, seeds: list[int], subseeds: l
     scheduler = job.scheduler(seeds)
     timesteps = set_schedule(scheduler, request.steps, request.steps, job.model.device)
     conditioning = job.prepare(request.prompts, request.steps)
-    return denoise(job.model.unet, scheduler, timesteps, noise * scheduler.init_noise_sigma, conditioning,
-                   request.cfg_scale, generators, job.eta, _inpainting_model_input(job.model, noise), job.progress)
+    return job.denoise(scheduler, timesteps, noise * scheduler.init_noise_sigma, conditioning, generators,
+                       _inpainting_model_input(job.model, noise))
 
 
 def _hires_pass(job: Job, request: Txt2ImgRequest, model: LoadedModel, first: FirstPass, seeds: list[int],
@@ -97,8 +97,8 @@ def _hires_pass(job: Job, request: Txt2ImgRequest, model: LoadedModel, first: Fi
     timesteps = set_schedule(scheduler, length, run, model.device)
     noise, generators = job.noise(seeds, subseeds, width, height)  # fresh noise from the same seeds
     conditioning = job.prepare(request.hires_prompts, steps, model)
-    return denoise(model.unet, scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]), conditioning,
-                   request.cfg_scale, generators, job.eta, _inpainting_model_input(model, noise), job.progress)
+    return job.denoise(scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]), conditioning, generators,
+                       _inpainting_model_input(model, noise), sampler, model)
 
 
 def _centre_crop(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:

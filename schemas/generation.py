@@ -40,11 +40,6 @@ class GenerationRequest(BaseModel):
     # Fields accepted but not implemented yet: a value outside these is refused, never dropped.
     # Subclasses add their own; an issue that implements one removes it here.
     not_implemented: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "s_min_uncond": (None, 0),
-        "s_churn": (None, 0),
-        "s_tmin": (None, 0),
-        "s_tmax": (None, 0),  # A1111 reads 0 as infinity
-        "s_noise": (None, 1),
         "refiner_checkpoint": (None, "", "None"),
         "alwayson_scripts": (None, {}),
         "save_images": (False,),
@@ -72,13 +67,14 @@ class GenerationRequest(BaseModel):
     tiling: bool | None = None
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
-    eta: float | None = Field(None, ge=0)
+    eta: float | None = Field(None, ge=0, le=1, description="null: the option eta_ancestral, or eta_ddim for DDIM")
     denoising_strength: float | None = Field(None, ge=0, le=1)
-    s_min_uncond: float | None = None
-    s_churn: float | None = None
-    s_tmax: float | None = None
-    s_tmin: float | None = None
-    s_noise: float | None = None
+    s_min_uncond: float | None = Field(None, ge=0, description="null: the option of the same name (every s_* "
+                                                                "field)")
+    s_churn: float | None = Field(None, ge=0)
+    s_tmax: float | None = Field(None, ge=0, description="0: infinity")
+    s_tmin: float | None = Field(None, ge=0)
+    s_noise: float | None = Field(None, ge=0)
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True
     refiner_checkpoint: str | None = None
@@ -181,14 +177,9 @@ class GenerationRequest(BaseModel):
                 {"max": limits.MAX_IMAGES, "n": self.batch_size * self.n_iter},
             )
         try:
-            sampler, _ = self.sampler
+            _ = self.sampler
         except ValueError as error:
             raise PydanticCustomError("sampler_schedule", "scheduler: {error}", {"error": str(error)}) from None
-        if sampler.ancestral and self.eta not in (None, 1):
-            raise PydanticCustomError(
-                "eta", "eta: sampler '{sampler}' runs with eta 1 in this worker; send 1 or leave it out",
-                {"sampler": sampler.name},
-            )
         self._prompts = extra_networks_of(self.prompt, self.negative_prompt, ("prompt", "negative_prompt"),
                                           not self.disable_extra_networks)
         return self

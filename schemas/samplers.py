@@ -28,17 +28,32 @@ class Sampler:
 
     name: str
     aliases: tuple[str, ...]
-    scheduler_class: str | None  # diffusers class name; None: no diffusers equivalent
+    scheduler_class: str | None  # diffusers class name (or its base, see engine/samplers.py); None: no equivalent
     config: dict = field(default_factory=dict)
     default_schedule: str = AUTOMATIC  # what "Automatic" means for this sampler
     sigma_schedules: bool = True  # accepts Karras/Exponential/Beta sigma schedules
-    ancestral: bool = False  # adds fresh noise each step (eta fixed at 1 in diffusers)
+    function: str | None = None  # A1111's sampling function (k-diffusion's sample_*, or its own ddim/plms/unipc)
+
+    @property
+    def eta_option(self) -> str | None:
+        """The option giving the sampler's eta when a request sends none; None: the sampler takes no eta."""
+        return ETA_OPTIONS.get(self.function)
+
+    @property
+    def extra_params(self) -> tuple[str, ...]:
+        """The s_* parameters A1111 passes to the sampler (it ignores the others)."""
+        return EXTRA_PARAMS.get(self.function, ())
+
+    @property
+    def guided_by_timestep(self) -> bool:
+        """A1111's CFG denoiser sees the UNet timestep rather than sigma (its DDIM, PLMS, UniPC): s_min_uncond
+        is compared with the timestep."""
+        return self.function in TIMESTEP_FUNCTIONS
 
     @property
     def adds_noise(self) -> bool:
-        """Whether steps draw fresh noise: the samplers eta_noise_seed_delta (ENSD) affects."""
-        return (self.ancestral or self.scheduler_class == "DPMSolverSDEScheduler"
-                or self.config.get("algorithm_type", "").startswith("sde"))
+        """Whether steps draw fresh noise (at an eta above 0): the samplers eta_noise_seed_delta (ENSD) affects."""
+        return self.eta_option == "eta_ancestral"
 
 
 SCHEDULES: tuple[Schedule, ...] = (
@@ -56,38 +71,52 @@ SCHEDULES: tuple[Schedule, ...] = (
     Schedule("beta", "Beta", {"timestep_spacing": "linspace", "use_beta_sigmas": True}),
 )
 
+# A1111 1.10's rules, by sampling function: the option that gives eta when a request sends none (for the
+# functions that take eta), and the s_* parameters it passes (sd_samplers_kdiffusion.sampler_extra_params).
+ETA_OPTIONS = {f: "eta_ancestral" for f in ("sample_euler_ancestral", "sample_dpm_2_ancestral",
+                                             "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde",
+                                             "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde")} | {"ddim": "eta_ddim"}
+CHURN = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+EXTRA_PARAMS = {"sample_euler": CHURN, "sample_heun": CHURN, "sample_dpm_2": CHURN} | {
+    f: ("s_noise",) for f in ("sample_dpm_2_ancestral", "sample_dpmpp_2s_ancestral", "sample_dpmpp_sde",
+                              "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde")}
+TIMESTEP_FUNCTIONS = ("ddim", "plms", "unipc")  # A1111's timestep samplers (the others are k-diffusion's)
+
 _DPMPP = "DPMSolverMultistepScheduler"
 _SDE = {"algorithm_type": "sde-dpmsolver++"}
 
 SAMPLERS: tuple[Sampler, ...] = (
-    Sampler("DPM++ 2M", ("k_dpmpp_2m",), _DPMPP, {"algorithm_type": "dpmsolver++", "solver_order": 2}, "karras"),
+    Sampler("DPM++ 2M", ("k_dpmpp_2m",), _DPMPP, {"algorithm_type": "dpmsolver++", "solver_order": 2}, "karras",
+            function="sample_dpmpp_2m"),
     Sampler("DPM++ SDE", ("k_dpmpp_sde",), "DPMSolverSDEScheduler", {"use_karras_sigmas": True}, "karras",
-            sigma_schedules=False),
-    Sampler("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), _DPMPP, {**_SDE, "solver_order": 2}, "exponential"),
+            sigma_schedules=False, function="sample_dpmpp_sde"),
+    Sampler("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), _DPMPP, {**_SDE, "solver_order": 2}, "exponential",
+            function="sample_dpmpp_2m_sde"),
     Sampler("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), _DPMPP,
-            {**_SDE, "solver_order": 2, "solver_type": "heun"}, "exponential"),
-    Sampler("DPM++ 2S a", ("k_dpmpp_2s_a",), "DPMSolverSinglestepScheduler",
-            {"algorithm_type": "dpmsolver++", "solver_order": 2}, "karras"),
-    Sampler("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), _DPMPP, {**_SDE, "solver_order": 3}, "exponential"),
+            {**_SDE, "solver_order": 2, "solver_type": "heun"}, "exponential", function="sample_dpmpp_2m_sde"),
+    Sampler("DPM++ 2S a", ("k_dpmpp_2s_a",), "KDPM2AncestralDiscreteScheduler", default_schedule="karras",
+            function="sample_dpmpp_2s_ancestral"),
+    Sampler("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), _DPMPP, {**_SDE, "solver_order": 3}, "exponential",
+            function="sample_dpmpp_3m_sde"),
     Sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), "EulerAncestralDiscreteScheduler",
-            sigma_schedules=False, ancestral=True),
-    Sampler("Euler", ("k_euler",), "EulerDiscreteScheduler"),
-    Sampler("LMS", ("k_lms",), "LMSDiscreteScheduler"),
-    Sampler("Heun", ("k_heun",), "HeunDiscreteScheduler"),
-    Sampler("DPM2", ("k_dpm_2",), "KDPM2DiscreteScheduler", default_schedule="karras"),
+            sigma_schedules=False, function="sample_euler_ancestral"),
+    Sampler("Euler", ("k_euler",), "EulerDiscreteScheduler", function="sample_euler"),
+    Sampler("LMS", ("k_lms",), "LMSDiscreteScheduler", function="sample_lms"),
+    Sampler("Heun", ("k_heun",), "HeunDiscreteScheduler", function="sample_heun"),
+    Sampler("DPM2", ("k_dpm_2",), "KDPM2DiscreteScheduler", default_schedule="karras", function="sample_dpm_2"),
     Sampler("DPM2 a", ("k_dpm_2_a",), "KDPM2AncestralDiscreteScheduler", default_schedule="karras",
-            ancestral=True),
+            function="sample_dpm_2_ancestral"),
     Sampler("DPM fast", ("k_dpm_fast",), None),
     Sampler("DPM adaptive", ("k_dpm_ad",), None),
     Sampler("Restart", ("restart",), None, default_schedule="karras"),
     Sampler("DDIM", ("ddim",), "DDIMScheduler", {"timestep_spacing": "leading", "steps_offset": 1},
-            sigma_schedules=False),
+            sigma_schedules=False, function="ddim"),
     Sampler("DDIM CFG++", ("ddim_cfgpp",), None, sigma_schedules=False),
     Sampler("PLMS", ("plms",), "PNDMScheduler",
             {"skip_prk_steps": True, "timestep_spacing": "leading", "steps_offset": 1},
-            sigma_schedules=False),
-    Sampler("UniPC", ("unipc",), "UniPCMultistepScheduler", sigma_schedules=False),
-    Sampler("LCM", ("k_lcm",), "LCMScheduler", sigma_schedules=False),
+            sigma_schedules=False, function="plms"),
+    Sampler("UniPC", ("unipc",), "UniPCMultistepScheduler", sigma_schedules=False, function="unipc"),
+    Sampler("LCM", ("k_lcm",), "LCMScheduler", sigma_schedules=False, function="sample_lcm"),
 )
 
 DEFAULT_SAMPLER = "Euler"  # A1111's API default (sampler_index) when sampler_name is null

@@ -258,7 +258,7 @@ CORPUS: list[Case] = [
     C("scheduler-unknown", "txt2img", t2i(scheduler="Nope"), "scheduler"),
     C("scheduler-100kB", "txt2img", t2i(scheduler=HUGE_NAME), "scheduler"),
     C("scheduler-not-for-sampler", "txt2img", t2i(sampler_name="DDIM", scheduler="Karras"), "scheduler"),
-    C("eta-with-ancestral-sampler", "txt2img", t2i(sampler_name="Euler a", eta=0.5), "eta"),
+    C("eta-over-1", "txt2img", t2i(sampler_name="Euler a", eta=1.5), "eta"),
     C("hr_sampler_name-unknown", "txt2img", hires(hr_sampler_name="Nope"), "hr_sampler_name"),
     C("hr_upscaler-unknown", "txt2img", hires(hr_upscaler="Nope"), "hr_upscaler"),
     C("hr_upscaler-100kB", "txt2img", hires(hr_upscaler=HUGE_NAME), "hr_upscaler"),
@@ -457,6 +457,8 @@ ACCEPTED: list[Accepted] = [
     # floored to a multiple of 8, as A1111 generates it
     Accepted("height-not-multiple-of-8", "txt2img", t2i(height=71), check=_image_size((64, 64))),
     Accepted("cfg_scale-null", "txt2img", t2i(cfg_scale=None)),
+    # A1111's ancestral noise scale
+    Accepted("eta-with-ancestral-sampler", "txt2img", t2i(sampler_name="Euler a", eta=0.5)),
     # ignored without enable_hr, as in A1111
     Accepted("firstpass_image-without-hires", "txt2img", t2i(firstpass_image=PNG64)),
     # the mask is fitted to each init image

@@ -10,13 +10,14 @@ from handler.errors import describe
 from schemas import Txt2ImgRequest
 from schemas.samplers import find_sampler, find_schedule, resolve
 
-# a1111-api.md "Samplers": name -> (aliases, the schedule "Automatic" means, diffusers class or None)
+# a1111-api.md "Samplers": name -> (aliases, the schedule "Automatic" means, diffusers class (or the one the
+# scheduler subclasses) or None)
 A1111_SAMPLERS = {
     "DPM++ 2M": (["k_dpmpp_2m"], "karras", "DPMSolverMultistepScheduler"),
     "DPM++ SDE": (["k_dpmpp_sde"], "karras", "DPMSolverSDEScheduler"),
     "DPM++ 2M SDE": (["k_dpmpp_2m_sde"], "exponential", "DPMSolverMultistepScheduler"),
     "DPM++ 2M SDE Heun": (["k_dpmpp_2m_sde_heun"], "exponential", "DPMSolverMultistepScheduler"),
-    "DPM++ 2S a": (["k_dpmpp_2s_a"], "karras", "DPMSolverSinglestepScheduler"),
+    "DPM++ 2S a": (["k_dpmpp_2s_a"], "karras", "KDPM2AncestralDiscreteScheduler"),  # with DPM++'s second half
     "DPM++ 3M SDE": (["k_dpmpp_3m_sde"], "exponential", "DPMSolverMultistepScheduler"),
     "Euler a": (["k_euler_a", "k_euler_ancestral"], "automatic", "EulerAncestralDiscreteScheduler"),
     "Euler": (["k_euler"], "automatic", "EulerDiscreteScheduler"),
@@ -197,10 +198,12 @@ def test_schedule_for_a_sampler_that_takes_none_is_refused():
     assert message.startswith("scheduler:") and "Euler a" in message
 
 
-def test_ancestral_sampler_refuses_an_eta_it_cannot_honour():
-    assert Txt2ImgRequest(sampler_name="Euler a", eta=1.0).eta == 1.0
-    message = request_error(sampler_name="Euler a", eta=0.5)
-    assert message.startswith("eta:")
+@pytest.mark.parametrize("payload, field", [
+    ({"eta": 1.5}, "eta"), ({"eta": -0.1}, "eta"), ({"s_churn": -1}, "s_churn"), ({"s_noise": -0.5}, "s_noise"),
+    ({"s_tmin": -1}, "s_tmin"), ({"s_tmax": -1}, "s_tmax"), ({"s_min_uncond": -2}, "s_min_uncond"),
+])
+def test_sampler_parameters_out_of_range_are_refused_by_name(payload, field):
+    assert request_error(sampler_name="Euler a", **payload).startswith(f"{field}:")
 
 
 # ---------------------------------------------------------------- diffusers schedulers
@@ -218,11 +221,13 @@ def _config_has(scheduler, expected: dict):
 
 @pytest.mark.parametrize("name", SUPPORTED_SAMPLERS)
 def test_make_scheduler_builds_the_expected_diffusers_class(name, scheduler_config):
+    import diffusers
+
     from engine.samplers import make_scheduler
 
     sampler, schedule = resolve(name, None)
     scheduler = make_scheduler(scheduler_config, sampler, schedule, [0])
-    assert type(scheduler).__name__ == A1111_SAMPLERS[name][2]
+    assert isinstance(scheduler, getattr(diffusers, A1111_SAMPLERS[name][2]))
     _config_has(scheduler, SAMPLER_SETTINGS.get(name, {}))
     # the checkpoint's noise schedule is kept
     for key in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps", "prediction_type"):

@@ -62,11 +62,6 @@ WEBUIAPI_DEFAULT_PAYLOAD = {
 
 # A value other than the accepted default(s) for each field the worker does not implement yet.
 NON_DEFAULT_VALUES = {
-    "s_min_uncond": 0.5,
-    "s_churn": 0.5,
-    "s_tmin": 0.5,
-    "s_tmax": 5.0,
-    "s_noise": 1.003,
     "refiner_checkpoint": "sd_xl_refiner_1.0.safetensors",
     "alwayson_scripts": {"ControlNet": {"args": []}},
     "save_images": True,

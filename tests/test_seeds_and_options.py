@@ -104,8 +104,9 @@ def test_tiling_pads_circularly_during_generation_only(engine):
 
 
 @pytest.mark.parametrize("name, adds_noise", [
-    ("Euler a", True), ("DPM2 a", True), ("DPM++ SDE", True), ("DPM++ 2M SDE", True), ("DPM++ 2M SDE Heun", True),
-    ("DPM++ 3M SDE", True), ("Euler", False), ("DPM++ 2M", False), ("DDIM", False), ("UniPC", False),
+    ("Euler a", True), ("DPM2 a", True), ("DPM++ 2S a", True), ("DPM++ SDE", True), ("DPM++ 2M SDE", True),
+    ("DPM++ 2M SDE Heun", True), ("DPM++ 3M SDE", True), ("Euler", False), ("DPM++ 2M", False), ("DDIM", False),
+    ("UniPC", False),
 ])
 def test_ensd_applies_to_the_samplers_that_draw_step_noise(name, adds_noise):
     from schemas.samplers import find_sampler

@@ -385,14 +385,15 @@ class Options(_StoredOptions):
     sd_vae: str = Field("Automatic", description="VAE file name in VAE/, 'Automatic' or 'None' (the checkpoint's)")
     # img2img
     img2img_fix_steps: bool = Field(False, description="img2img runs exactly `steps` steps")
-    # Sampler parameters (not used yet, but eta_noise_seed_delta)
-    eta_ddim: float = Field(0.0, ge=0, le=1, description="DDIM's eta when a request leaves eta unset")
-    eta_ancestral: float = Field(1.0, ge=0, le=1, description="ancestral and SDE samplers' eta")
+    # Sampler parameters: the defaults of the request fields of the same name (eta: by sampler)
+    eta_ddim: float = Field(0.0, ge=0, le=1, description="eta of DDIM")
+    eta_ancestral: float = Field(1.0, ge=0, le=1, description="eta of the ancestral and SDE samplers")
     s_churn: float = Field(0.0, ge=0, description="sigma churn (Euler, Heun, DPM2)")
-    s_tmin: float = Field(0.0, ge=0, description="sigma tmin")
-    s_tmax: float = Field(0.0, ge=0, description="sigma tmax (0: infinity)")
-    s_noise: float = Field(1.0, ge=0, description="sigma noise")
-    s_min_uncond: float = Field(0.0, ge=0, description="negative guidance minimum sigma")
+    s_tmin: float = Field(0.0, ge=0, description="sigma tmin (Euler, Heun, DPM2)")
+    s_tmax: float = Field(0.0, ge=0, description="sigma tmax (Euler, Heun, DPM2); 0 = infinity")
+    s_noise: float = Field(1.0, ge=0, description="sigma noise (Euler, Heun, DPM2, ancestral and SDE samplers)")
+    s_min_uncond: float = Field(0.0, ge=0, description="NGMS: below this sigma, every other step skips the "
+                                                       "negative prompt")
     eta_noise_seed_delta: int = Field(0, ge=0, le=limits.MAX_SEED_DELTA,
                                       description="added to seeds for samplers' step noise (ENSD)")
     # Saving images
@@ -406,15 +407,6 @@ class Options(_StoredOptions):
                                                                    "the most effect)")
     # ControlNet (not used yet)
     control_net_no_detectmap: bool = Field(False, description="leave the detected maps out of the images")
-    # sampler parameters: the defaults of the request fields of the same name (eta: by sampler)
-    eta_ancestral: float = Field(1.0, ge=0, le=1, description="eta of the ancestral and SDE samplers")
-    eta_ddim: float = Field(0.0, ge=0, le=1, description="eta of DDIM")
-    s_churn: float = Field(0.0, ge=0, description="sigma churn (Euler, Heun, DPM2)")
-    s_tmin: float = Field(0.0, ge=0, description="sigma tmin (Euler, Heun, DPM2)")
-    s_tmax: float = Field(0.0, ge=0, description="sigma tmax (Euler, Heun, DPM2); 0 = infinity")
-    s_noise: float = Field(1.0, ge=0, description="sigma noise (Euler, Heun, DPM2, ancestral and SDE samplers)")
-    s_min_uncond: float = Field(0.0, ge=0, description="NGMS: below this sigma, every other step skips the "
-                                                       "negative prompt")
 
     def merged(self, overrides: dict | None) -> Options:
         """These options with a request's overrides applied (validated; READ_ONLY ones left as they are)."""

@@ -118,6 +118,16 @@ def engine(engine_models_dir):
     return Engine.start(models_dir=engine_models_dir, sd_model=TINY_NAME, device="cpu", dtype="float32")
 
 
+@pytest.fixture
+def unet_calls(engine, monkeypatch) -> list:
+    """A list that gets one item per call of the `engine` fixture's current UNet (for this test)."""
+    calls = []
+    unet = engine.model.unet
+    original = unet.forward
+    monkeypatch.setattr(unet, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
 @pytest.fixture(scope="session")
 def diffusers_models_dir(tmp_path_factory, engine) -> Path:
     """A models directory holding the tiny pipeline saved as a diffusers folder (model_index.json)."""

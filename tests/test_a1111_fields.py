@@ -100,17 +100,9 @@ def noise_image(seed: int, size=(64, 64)) -> Image.Image:
 HIRES = {**TINY, "enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.5, "hr_second_pass_steps": 2}
 
 
-def unet_calls(engine, monkeypatch) -> list:
-    calls = []
-    unet = engine.model.unet
-    original = unet.forward
-    monkeypatch.setattr(unet, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
-    return calls
-
-
 @pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
-def test_firstpass_image_replaces_the_first_pass(engine, monkeypatch, upscaler):
-    calls = unet_calls(engine, monkeypatch)
+def test_firstpass_image_replaces_the_first_pass(engine, unet_calls, upscaler):
+    calls = unet_calls
     one = route(engine, "POST", "txt2img", {**HIRES, "hr_upscaler": upscaler, "firstpass_image": b64(noise_image(1))})
     assert len(calls) == 2  # only the hires pass's steps ran
     other = route(engine, "POST", "txt2img", {**HIRES, "hr_upscaler": upscaler, "firstpass_image": b64(noise_image(2))})

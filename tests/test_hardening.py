@@ -191,17 +191,9 @@ def test_init_images_of_different_sizes_with_one_mask(engine, full_res):
 
 # ---------------------------------------------------------------- limits checked before work
 
-def count_unet_calls(engine, monkeypatch) -> list:
-    calls = []
-    unet = engine.model.unet
-    original = unet.forward
-    monkeypatch.setattr(unet, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
-    return calls
-
-
 @pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
-def test_a_huge_prompt_is_refused_before_tokenizing(engine, monkeypatch, field):
-    calls = count_unet_calls(engine, monkeypatch)
+def test_a_huge_prompt_is_refused_before_tokenizing(engine, unet_calls, field):
+    calls = unet_calls
     message = refusal(engine, "txt2img", {**TINY, field: "a " * 500_000})
     assert message.startswith(field) and str(limits.MAX_PROMPT_CHARS) in message
     assert calls == []
@@ -212,8 +204,8 @@ def test_a_huge_prompt_is_refused_before_tokenizing(engine, monkeypatch, field):
     (", ".join(f"word{i}" for i in range(40 * limits.MAX_PROMPT_CHUNKS)), "WORKER_MAX_PROMPT_CHUNKS"),
     (" AND ".join(["cat"] * (limits.MAX_SUBPROMPTS + 1)), "WORKER_MAX_SUBPROMPTS"),
 ])
-def test_prompts_over_the_chunk_and_subprompt_limits_are_refused_before_sampling(engine, monkeypatch, text, rule):
-    calls = count_unet_calls(engine, monkeypatch)
+def test_prompts_over_the_chunk_and_subprompt_limits_are_refused_before_sampling(engine, unet_calls, text, rule):
+    calls = unet_calls
     for field, payload in [("prompt", {"prompt": text}), ("negative_prompt", {"negative_prompt": text}),
                            ("hr_prompt", {"hr_prompt": text, "enable_hr": True, "denoising_strength": 0.5})]:
         message = refusal(engine, "txt2img", {**TINY, **payload})

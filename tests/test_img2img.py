@@ -38,14 +38,6 @@ def square_mask() -> Image.Image:
     return mask
 
 
-def count_unet_calls(engine, monkeypatch) -> list:
-    calls = []
-    unet = engine.model.unet
-    original = unet.forward
-    monkeypatch.setattr(unet, "forward", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
-    return calls
-
-
 @pytest.mark.parametrize("steps, strength, exact, expected", [
     (20, 0.75, False, (20, 16)), (20, 1.0, False, (20, 20)), (10, 0.0, False, (10, 1)),
     (20, 0.5, True, (40, 20)), (4, 0.3, False, (4, 2)),
@@ -55,8 +47,8 @@ def test_step_count_rule(steps, strength, exact, expected):
 
 
 @pytest.mark.parametrize("fix_steps, expected_calls", [(False, 6), (True, 10)])
-def test_img2img_runs_a1111s_number_of_steps(engine, source, monkeypatch, fix_steps, expected_calls):
-    calls = count_unet_calls(engine, monkeypatch)
+def test_img2img_runs_a1111s_number_of_steps(engine, source, unet_calls, fix_steps, expected_calls):
+    calls = unet_calls
     route(engine, "POST", "img2img", {**BASE, "steps": 10, "denoising_strength": 0.5, "init_images": [b64(source)],
                                        "override_settings": {"img2img_fix_steps": fix_steps}})
     assert len(calls) == expected_calls  # int(0.5 * 10) + 1, or exactly 10

@@ -274,14 +274,15 @@ def test_png_info_keeps_a_quoted_value_that_is_not_json(engine):
 
 # ---------------------------------------------------------------- server faults are not the client's
 
+def out_of_memory(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
 def test_out_of_memory_during_generation_is_its_own_error_and_the_next_request_is_served(engine, monkeypatch):
     from engine.faults import OutOfMemory
 
     before = image_bytes(engine)
     with monkeypatch.context() as patch:
-        def out_of_memory(*args, **kwargs):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
         patch.setattr(engine.model.unet, "forward", out_of_memory)
         with pytest.raises(OutOfMemory, match=r"out of CPU memory at 64x64, batch 2"):
             route(engine, "POST", "txt2img", {**TINY, "batch_size": 2})
@@ -363,9 +364,6 @@ def test_out_of_memory_fails_the_runpod_job_with_its_own_message(engine, monkeyp
 
     handle = make_handler(engine)
     with monkeypatch.context() as patch:
-        def out_of_memory(*args, **kwargs):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
         patch.setattr(engine.model.unet, "forward", out_of_memory)
         output = handle({"id": "oom", "input": {**TINY, "batch_size": 3}})
     assert output == {"error": "out of CPU memory at 64x64, batch 3; ask for fewer or smaller images"}

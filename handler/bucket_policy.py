@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from schemas import RequestError
 from schemas.delivery import DeliveryRequest, S3Config
+from schemas.errors import quoted
 
 from .s3 import Bucket
 
@@ -37,8 +38,8 @@ def job_bucket(request: DeliveryRequest | None, s3_config: S3Config | None, env:
     elif s3_config is not None and s3_config.endpointUrl:
         raise RequestError("s3Config.endpointUrl", f"a request's endpoint needs {_OWN_KEYS}")
     elif name is not None and name not in _listed(env, "BUCKET_ALLOWED", "BUCKET_NAME"):
-        raise RequestError(field, f"bucket '{name}' is not allowed: a request may name a bucket with {_OWN_KEYS}, "
-                                  "or one the operator allowed (BUCKET_NAME, BUCKET_ALLOWED)")
+        raise RequestError(field, f"bucket {quoted(name)} is not allowed: a request may name a bucket with "
+                                  f"{_OWN_KEYS}, or one the operator allowed (BUCKET_NAME, BUCKET_ALLOWED)")
     else:
         bucket = Bucket.from_env(env, name)
     if bucket is not None and request is not None and request.prefix is not None:
@@ -78,7 +79,7 @@ def check_endpoint(field: str, url: str, allowed: set[str]) -> None:
         raise RequestError(field, "must be an http:// or https:// URL with a host")
     for address in _addresses(field, host, port or (443 if parts.scheme == "https" else 80)):
         if not address.is_global or address.is_multicast:
-            raise RequestError(field, f"endpoint host '{host}' is not allowed: {address} is {_kind(address)}; a "
+            raise RequestError(field, f"endpoint host {quoted(host)} is not allowed: {address} is {_kind(address)}; a "
                                       "request's endpoint must be public, or listed in BUCKET_ALLOWED_ENDPOINTS")
 
 
@@ -91,7 +92,7 @@ def _addresses(field: str, host: str, port: int) -> list[ipaddress.IPv4Address |
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError):
-        raise RequestError(field, f"endpoint host '{host}' does not resolve") from None
+        raise RequestError(field, f"endpoint host {quoted(host)} does not resolve") from None
     return [ipaddress.ip_address(info[4][0]) for info in infos]
 
 

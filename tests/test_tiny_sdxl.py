@@ -80,8 +80,8 @@ def test_refiner_has_only_the_open_clip_embedder(sdxl_dir):
     embedders = {".".join(k.split(".")[:4]) for k in keys if k.startswith("conditioner.")}
     assert embedders == {"conditioner.embedders.0.model"}
     assert "conditioner.embedders.0." + OPEN_CLIP_LAYER_0 + "attn.in_proj_bias" in keys
-    unet = build_tiny_sdxl_modules(SDXL_REFINER)["unet"].config
-    projection = build_tiny_sdxl_modules(SDXL_REFINER)["text_encoder_2"].config.projection_dim
+    modules = build_tiny_sdxl_modules(SDXL_REFINER)
+    unet, projection = modules["unet"].config, modules["text_encoder_2"].config.projection_dim
     # the pooled text embedding and 5 time ids (size, crop, aesthetic score), not the base's 6
     assert keys[UNET + "label_emb.0.0.weight"][1] == projection + 5 * unet.addition_time_embed_dim
 

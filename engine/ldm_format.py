@@ -22,6 +22,8 @@ _UNET_FIXED = {
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL's text_time embedding (absent from SD 1.x)
+    "add_embedding.linear_2": "label_emb.0.2",
 }
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -91,12 +93,22 @@ def text_encoder_key(key: str) -> str:
 
 def to_single_file(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
     """One state dict in the LDM layout from diffusers/transformers modules."""
+    state = {UNET_PREFIX + k: v for k, v in unet_to_ldm(unet).items()}
+    state.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(vae).items()})
+    state.update({TEXT_ENCODER_PREFIX + k: v for k, v in clip_to_ldm(text_encoder).items()})
+    return state
+
+
+def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
+    """A diffusers UNet2DConditionModel's weights in the LDM layout (input_blocks., label_emb., ...)."""
     layers = unet.config.layers_per_block
     with_attention = {i for i, t in enumerate(unet.config.up_block_types) if "CrossAttn" in t}
-    state = {UNET_PREFIX + unet_key(k, layers, with_attention): v for k, v in unet.state_dict().items()}
-    state.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(vae).items()})
-    state.update({TEXT_ENCODER_PREFIX + text_encoder_key(k): v for k, v in text_encoder.state_dict().items()})
-    return {k: v.detach().contiguous() for k, v in state.items()}
+    return {unet_key(k, layers, with_attention): v.detach().contiguous() for k, v in unet.state_dict().items()}
+
+
+def clip_to_ldm(text_encoder) -> dict[str, torch.Tensor]:
+    """A transformers CLIPTextModel's weights as the original checkpoints nest them (text_model.*)."""
+    return {text_encoder_key(k): v.detach().contiguous() for k, v in text_encoder.state_dict().items()}
 
 
 def vae_to_ldm(vae) -> dict[str, torch.Tensor]:

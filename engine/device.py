@@ -3,8 +3,6 @@ precision (no fp32 copy of fp16 weights), fp32 otherwise. WORKER_DEVICE / WORKER
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 _DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
@@ -13,13 +11,13 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    name = name or os.environ.get("WORKER_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """WORKER_DEVICE's device, else CUDA when present, else the CPU."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def pick_dtype(device: torch.device, name: str | None = None, stored: torch.dtype | None = None) -> torch.dtype:
-    """`stored`: the dtype the default checkpoint's weights are stored in, where known."""
-    name = name or os.environ.get("WORKER_DTYPE")
+    """WORKER_DTYPE's dtype (`name`), else the default for the device; `stored`: the dtype the default checkpoint's
+    weights are stored in, where known."""
     if name is None:
         if device.type == "cuda":
             return torch.float16

@@ -13,7 +13,6 @@ switches between them per sampling pass; with none active its layers compute exa
 from __future__ import annotations
 
 import itertools
-import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -30,10 +29,10 @@ from schemas.extra_networks import LoraTag
 
 from .faults import reraise_server_fault
 from .models_dir import addnet_hash, describe_error, list_files
+from .settings import DEFAULT_MAX_LORAS
 
 LORA_SUBDIR = "Lora"
 LORA_SUFFIX = ".safetensors"
-DEFAULT_MAX_LORAS = 8
 COMPONENTS = ("unet", "text_encoder")  # the pipeline parts a LoRA can change, and their tag weights' order
 _METADATA_ORDER = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3, "ss_num_train_images": 10,
                    "ss_tag_frequency": 20}  # A1111 lists these metadata keys first, in this order
@@ -81,8 +80,9 @@ def read_metadata(path: Path) -> dict[str, str]:
 class LoraLibrary:
     """The LoRA files of a models directory, found by A1111's names and aliases."""
 
-    def __init__(self, models_dir: Path):
-        self.models_dir = models_dir
+    def __init__(self, models_dir: Path, capacity: int = DEFAULT_MAX_LORAS):
+        """`capacity`: how many LoRAs each checkpoint keeps loaded (WORKER_MAX_LORAS)."""
+        self.models_dir, self.capacity = models_dir, capacity
         self.refresh()
 
     def refresh(self) -> None:
@@ -129,8 +129,9 @@ class LoraAdapters:
     """
 
     def __init__(self, pipe, encoder, library: LoraLibrary, capacity: int | None = None):
+        """`capacity`: the LoRAs kept loaded (default: the library's, WORKER_MAX_LORAS)."""
         self.pipe, self.encoder, self.library = pipe, encoder, library
-        self.capacity = capacity or int(os.environ.get("WORKER_MAX_LORAS", DEFAULT_MAX_LORAS))
+        self.capacity = capacity or library.capacity
         self._adapters: OrderedDict[tuple, Adapter] = OrderedDict()  # by file version, least recent first
         self._names = (f"lora{i}" for i in itertools.count())
 

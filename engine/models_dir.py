@@ -27,10 +27,6 @@ class ModelsDirError(RuntimeError):
     """The models directory can't provide a checkpoint; the message says what to put where."""
 
 
-def models_dir_from_env() -> Path:
-    return Path(os.environ.get("MODELS_DIR", "./models"))
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     path: Path

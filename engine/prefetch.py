@@ -9,14 +9,14 @@ the file here). Light on purpose: nothing here imports torch.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 from .converted import usable_conversion
-from .models_dir import Checkpoint, ModelsDirError, default_checkpoint, models_dir_from_env
+from .models_dir import Checkpoint, ModelsDirError, default_checkpoint
+from .settings import Settings
 
 # 1 MiB reads: the buffer stays in the CPU cache, so files already cached cost little to read again
 _READER = """
@@ -35,12 +35,11 @@ def weight_files(checkpoint: Checkpoint) -> list[Path]:
     return sorted(folder.rglob("*.safetensors")) if folder.is_dir() else [folder]
 
 
-def prefetch_default_checkpoint() -> subprocess.Popen | None:
-    """Start reading the files of the checkpoint Engine.start will load (MODELS_DIR, SD_MODEL), in a
-    child process that a daemon thread reaps; None when there is nothing to read (Engine.start
-    reports why)."""
+def prefetch_default_checkpoint(settings: Settings) -> subprocess.Popen | None:
+    """Start reading the files of the checkpoint Engine.start will load (settings' models_dir and sd_model), in
+    a child process that a daemon thread reaps; None when there is nothing to read (Engine.start reports why)."""
     try:
-        checkpoint = default_checkpoint(models_dir_from_env(), os.environ.get("SD_MODEL"))
+        checkpoint = default_checkpoint(settings.models_dir, settings.sd_model)
     except ModelsDirError:
         return None
     reader = subprocess.Popen([sys.executable, "-I", "-S", "-c", _READER, *map(str, weight_files(checkpoint))],

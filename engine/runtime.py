@@ -9,8 +9,8 @@ request's LoRAs are active during that request only.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,47 +32,46 @@ from .interrogate import Interrogator
 from .loading import load_pipeline, stored_dtype
 from .lora import LoraLibrary
 from .model import LoadedModel
-from .models_dir import (STYLES_FILE, Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints,
-                         models_dir_from_env)
+from .models_dir import Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints
 from .progress import Progress
 from .sd_upscale import sd_upscale
-from .styles import StyleLibrary, styles_file_from_env
+from .settings import Settings
+from .styles import StyleLibrary
 from .txt2img import txt2img
-from .upscalers import DEFAULT_TILE, Upscalers, tile_from_env
+from .upscalers import Upscalers
 from .vae import Vaes
 
 
 class Engine:
-    def __init__(self, models_dir: Path, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype,
-                 max_models: int = 2, upscale_tile: int = DEFAULT_TILE, styles_file: Path | None = None):
-        """`styles_file`: the prompt styles (default: styles.csv in the models directory)."""
-        self.models_dir, self.device, self.dtype, self.max_models = models_dir, device, dtype, max_models
+    def __init__(self, settings: Settings, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype):
+        models_dir = settings.models_dir
+        self.models_dir, self.device, self.dtype, self.max_models = models_dir, device, dtype, settings.max_models
         self.checkpoints = list_checkpoints(models_dir)
-        self.upscalers = Upscalers(models_dir, device, dtype, upscale_tile)  # finds files; loads on first use
+        self.upscalers = Upscalers(models_dir, device, dtype, settings.upscale_tile)  # finds files; loads on first use
         self.faces = FaceRestorers(models_dir, device)  # loads on first use
         self.interrogator = Interrogator(models_dir, device, dtype)  # the same
         self.vaes = Vaes(models_dir, device, dtype)  # the same
         self.embeddings = Embeddings(models_dir)  # read on first use
-        self.loras = LoraLibrary(models_dir)  # finds files; each checkpoint loads them on first use
-        self.styles = StyleLibrary(styles_file or models_dir / STYLES_FILE)  # read again when it changes
+        self.loras = LoraLibrary(models_dir, settings.max_loras)  # finds files; each checkpoint loads them on first use
+        self.styles = StyleLibrary(settings.styles_path)  # read again when it changes
         self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
         self.options = _selecting(Options(), checkpoint)  # hashes the checkpoint at start
         self.progress = Progress()
         self.model_for(checkpoint)
 
     @classmethod
-    def start(cls, models_dir: Path | None = None, sd_model: str | None = None,
+    def start(cls, settings: Settings | None = None, *, models_dir: Path | None = None, sd_model: str | None = None,
               device: str | None = None, dtype: str | None = None) -> Engine:
-        """Load the default checkpoint (SD_MODEL, else the first) from MODELS_DIR; the styles file is
-        WORKER_STYLES_FILE, else MODELS_DIR/styles.csv."""
-        models_dir = models_dir or models_dir_from_env()
-        checkpoint = default_checkpoint(models_dir, sd_model or os.environ.get("SD_MODEL"))
-        torch_device = pick_device(device)
-        max_models = int(os.environ.get("WORKER_MAX_MODELS", "2"))
-        torch_dtype = pick_dtype(torch_device, dtype, stored_dtype(checkpoint))
-        engine = cls(models_dir, checkpoint, torch_device, torch_dtype, max_models, tile_from_env(),
-                     styles_file_from_env(models_dir))
-        if os.environ.get("WORKER_WARMUP", "1" if torch_device.type == "cuda" else "0") == "1":
+        """Load the default checkpoint (sd_model, else the first) from the models directory. `settings`: read
+        from the environment when not given; the keywords replace single ones."""
+        settings = replace(settings or Settings.from_env(), **{key: value for key, value in (
+            ("models_dir", models_dir), ("sd_model", sd_model), ("device", device), ("dtype", dtype))
+            if value is not None})
+        checkpoint = default_checkpoint(settings.models_dir, settings.sd_model)
+        torch_device = pick_device(settings.device)
+        torch_dtype = pick_dtype(torch_device, settings.dtype, stored_dtype(checkpoint))
+        engine = cls(settings, checkpoint, torch_device, torch_dtype)
+        if settings.warmup if settings.warmup is not None else torch_device.type == "cuda":
             engine.warm_up()
         return engine
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,8 @@ from schemas import RequestError
 from schemas.errors import quoted
 from schemas.styles import PromptStyle, parse_styles_csv
 
-from .models_dir import STYLES_FILE
 
 log = logging.getLogger(__name__)
-
-
-def styles_file_from_env(models_dir: Path) -> Path:
-    return Path(os.environ.get("WORKER_STYLES_FILE") or models_dir / STYLES_FILE)
 
 
 class StyleLibrary:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from schemas.errors import quoted
 
 from .faults import reraise_server_fault
 from .models_dir import list_files
+from .settings import DEFAULT_UPSCALE_TILE, SettingsError
 
 if TYPE_CHECKING:
     from spandrel import ImageModelDescriptor
@@ -82,7 +82,6 @@ FOLDERS: dict[str, tuple[str | None, dict[str, tuple[str, int]]]] = {
 }
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
 DEFAULT_SCALE = 4
-DEFAULT_TILE = 192  # WORKER_UPSCALE_TILE: the most pixels a side the network sees at once; 0: the whole image
 TILE_CONTEXT = 16  # pixels of context around each tile, cropped from its output
 MAX_PASSES = 3  # a network runs again while the image is still smaller than the target (as A1111)
 
@@ -92,11 +91,6 @@ def upscale_latents(latents: torch.Tensor, mode: str, height: int, width: int) -
     return F.interpolate(latents, size=(height, width), mode=interpolation, antialias=antialias)
 
 
-def tile_from_env() -> int:
-    tile = int(os.environ.get("WORKER_UPSCALE_TILE", DEFAULT_TILE))
-    if tile and tile < 4 * TILE_CONTEXT:
-        raise ValueError(f"WORKER_UPSCALE_TILE must be 0 (no tiling) or at least {4 * TILE_CONTEXT} (got {tile})")
-    return tile
 
 
 @dataclass(frozen=True)
@@ -122,7 +116,11 @@ class Upscalers:
     """The pixel-space upscalers a worker offers. Weight files are found at start; a network is loaded
     (onto the engine's device, in its dtype where the architecture supports it) on first use and kept."""
 
-    def __init__(self, models_dir: Path, device: torch.device, dtype: torch.dtype, tile: int = DEFAULT_TILE):
+    def __init__(self, models_dir: Path, device: torch.device, dtype: torch.dtype, tile: int = DEFAULT_UPSCALE_TILE):
+        """`tile`: WORKER_UPSCALE_TILE (engine/settings.py), 0 or at least 4 x TILE_CONTEXT."""
+        if tile and tile < 4 * TILE_CONTEXT:
+            raise SettingsError(f"WORKER_UPSCALE_TILE must be 0 (no tiling) or at least {4 * TILE_CONTEXT} "
+                                f"(got {tile})")
         self.models_dir, self.device, self.dtype, self.tile = models_dir, device, dtype, tile
         self.files = scan(models_dir)
         self._networks: dict[Path, Network] = {}

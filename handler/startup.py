@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from engine.prefetch import prefetch_default_checkpoint
+from engine.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from engine.runtime import Engine
@@ -27,8 +28,12 @@ if TYPE_CHECKING:
 def start_engine(beside: tuple[str, ...] = ()) -> Engine:
     """Engine.start(), with the modules named in `beside` imported on a second thread meanwhile (they
     must not import the engine: two threads importing one module wait on each other). A models
-    directory or checkpoint that can't be used ends the process with a one-line message."""
-    prefetch_default_checkpoint()
+    directory, checkpoint or setting that can't be used ends the process with a one-line message."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        sys.exit(f"error: {error}")
+    prefetch_default_checkpoint(settings)
     gc.disable()
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -38,8 +43,8 @@ def start_engine(beside: tuple[str, ...] = ()) -> Engine:
             from engine.runtime import Engine
 
             try:
-                engine = Engine.start()
-            except (ModelsDirError, UnsupportedCheckpoint) as error:
+                engine = Engine.start(settings)
+            except (ModelsDirError, UnsupportedCheckpoint, SettingsError) as error:
                 sys.exit(f"error: {error}")
         for future in imported:
             future.result()  # re-raises an import error here, on the main thread

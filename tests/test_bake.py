@@ -201,7 +201,8 @@ def test_warm_up_generates_one_tiny_image(engine, monkeypatch):
 
 
 def test_a_styles_file_lands_as_styles_csv_where_the_worker_reads_it(tmp_path, monkeypatch):
-    from engine.styles import StyleLibrary, styles_file_from_env
+    from engine.settings import Settings
+    from engine.styles import StyleLibrary
 
     monkeypatch.delenv("WORKER_STYLES_FILE", raising=False)
     source = tmp_path / "my-styles.csv"
@@ -211,7 +212,7 @@ def test_a_styles_file_lands_as_styles_csv_where_the_worker_reads_it(tmp_path, m
     bake(read_manifest(manifest), models)
     assert (models / "styles.csv").read_bytes() == source.read_bytes()
     assert json.loads((models / "hashes.json").read_text())["styles.csv"]["sha256"] == sha(source.read_bytes())
-    assert StyleLibrary(styles_file_from_env(models)).listing() == [
+    assert StyleLibrary(Settings(models_dir=models).styles_path).listing() == [
         {"name": "noir", "prompt": "{prompt}, film noir", "negative_prompt": "colour"}]
     two = write_manifest(tmp_path, f'[[styles]]\nsource = "{source}"\n[[styles]]\nsource = "{source}"\n')
     with pytest.raises(BakeError, match="one entry"):

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import engine.loading as loading
 from engine.bake import Entry, bake
+from engine.settings import Settings
 from engine.converted import RECORD_FILE, converted_dir, usable_conversion
 from engine.device import pick_dtype
 from engine.models_dir import list_checkpoints, read_baked_hashes
@@ -165,16 +166,14 @@ def test_cpu_runs_half_precision_weights_as_stored(tmp_path, tiny_checkpoint_pat
     assert pixels.std() > 0
 
 
-def test_default_dtype(monkeypatch):
-    monkeypatch.delenv("WORKER_DTYPE", raising=False)
+def test_default_dtype():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert pick_dtype(cpu, stored=torch.float16) == torch.float16
     assert pick_dtype(cpu, stored=torch.bfloat16) == torch.bfloat16
     assert pick_dtype(cpu, stored=torch.float32) == torch.float32
     assert pick_dtype(cpu) == torch.float32
     assert pick_dtype(cuda, stored=torch.float32) == torch.float16
-    monkeypatch.setenv("WORKER_DTYPE", "fp32")
-    assert pick_dtype(cpu, stored=torch.float16) == torch.float32
+    assert pick_dtype(cpu, Settings.from_env({"WORKER_DTYPE": "fp32"}).dtype, stored=torch.float16) == torch.float32
 
 
 def test_prefetch_reads_the_files_the_load_will_read(baked_copy, monkeypatch, tmp_path):
@@ -184,13 +183,11 @@ def test_prefetch_reads_the_files_the_load_will_read(baked_copy, monkeypatch, tm
     folder = converted_dir(checkpoint)
     files = sorted(folder.rglob("*.safetensors"))
     assert prefetch.weight_files(checkpoint) == files
-    monkeypatch.setenv("MODELS_DIR", str(baked_copy))
-    monkeypatch.setenv("SD_MODEL", NAME)
-    reader = prefetch.prefetch_default_checkpoint()
+    reader = prefetch.prefetch_default_checkpoint(Settings(models_dir=baked_copy, sd_model=NAME))
     assert reader.args[-len(files):] == [str(f) for f in files]
     assert reader.wait(timeout=60) == 0  # read them all, without an error
 
     (folder / RECORD_FILE).unlink()  # no current conversion: the single file is what loads
     assert prefetch.weight_files(checkpoint) == [checkpoint.path]
-    monkeypatch.setenv("MODELS_DIR", str(tmp_path / "empty"))
-    assert prefetch.prefetch_default_checkpoint() is None  # nothing to load: Engine.start reports it
+    nothing = Settings(models_dir=tmp_path / "empty")
+    assert prefetch.prefetch_default_checkpoint(nothing) is None  # nothing to load: Engine.start reports it

@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import TINY_NAME, decode_png_b64, png_parameters
-from engine.styles import StyleLibrary, styles_file_from_env
+from engine.settings import Settings
+from engine.styles import StyleLibrary
 from engine.tiny_lora import write_tiny_lora
 from handler.errors import describe
 from handler.http.app import create_app
@@ -136,10 +137,9 @@ def test_a_styled_request_keeps_the_request_and_parses_the_styled_prompts():
 
 
 def test_the_styles_file_is_models_dir_styles_csv_unless_the_variable_names_another(tmp_path, monkeypatch):
-    monkeypatch.delenv("WORKER_STYLES_FILE", raising=False)
-    assert styles_file_from_env(tmp_path) == tmp_path / "styles.csv"
-    monkeypatch.setenv("WORKER_STYLES_FILE", str(tmp_path / "elsewhere.csv"))
-    assert styles_file_from_env(tmp_path) == tmp_path / "elsewhere.csv"
+    assert Settings.from_env({"MODELS_DIR": str(tmp_path)}).styles_path == tmp_path / "styles.csv"
+    elsewhere = {"MODELS_DIR": str(tmp_path), "WORKER_STYLES_FILE": str(tmp_path / "elsewhere.csv")}
+    assert Settings.from_env(elsewhere).styles_path == tmp_path / "elsewhere.csv"
 
 
 def test_a_missing_or_unreadable_file_offers_no_styles_and_says_why(tmp_path):

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 import engine.upscalers as upscalers_module
-from engine.upscalers import Upscalers, tile_from_env
+from engine.settings import Settings
+from engine.upscalers import Upscalers
 from handler.router import route
 from handler.worker import make_handler
 from schemas import RequestError
@@ -118,13 +119,12 @@ def test_tile_size_comes_from_the_environment(monkeypatch, value, tile):
         monkeypatch.delenv("WORKER_UPSCALE_TILE", raising=False)
     else:
         monkeypatch.setenv("WORKER_UPSCALE_TILE", value)
-    assert tile_from_env() == tile
+    assert Settings.from_env().upscale_tile == tile
 
 
-def test_a_tile_too_small_for_its_context_is_refused(monkeypatch):
-    monkeypatch.setenv("WORKER_UPSCALE_TILE", "40")
+def test_a_tile_too_small_for_its_context_is_refused(upscaler_models_dir):
     with pytest.raises(ValueError, match="WORKER_UPSCALE_TILE must be 0 .no tiling. or at least 64"):
-        tile_from_env()
+        Upscalers(upscaler_models_dir, CPU, torch.float32, tile=40)
 
 
 HIRES = {"prompt": "a castle", "steps": 2, "width": 64, "height": 64, "seed": 5, "enable_hr": True,

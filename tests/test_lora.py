@@ -10,7 +10,6 @@ import base64
 import hashlib
 import io
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -28,10 +27,8 @@ SMALL = {"steps": 2, "width": 64, "height": 64, "seed": 7, "sampler_name": "Eule
 
 
 @pytest.fixture(scope="module")
-def lora_models_dir(tmp_path_factory, tiny_checkpoint_path):
-    directory = tmp_path_factory.mktemp("lora-models")
-    (directory / "Stable-diffusion").mkdir()
-    shutil.copyfile(tiny_checkpoint_path, directory / "Stable-diffusion" / tiny_checkpoint_path.name)
+def lora_models_dir(tiny_models_dir_factory):
+    directory = tiny_models_dir_factory("lora-models")
     write_tiny_lora(directory, "style", "kohya", seed=1)
     write_tiny_lora(directory, "style_diffusers", "diffusers", seed=1)  # the same update, other key format
     write_tiny_lora(directory, "second", "kohya", seed=2)

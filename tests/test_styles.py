@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -37,10 +36,8 @@ STYLES = [
 
 
 @pytest.fixture(scope="module")
-def styles_models_dir(tmp_path_factory, tiny_checkpoint_path):
-    directory = tmp_path_factory.mktemp("styles-models")
-    (directory / "Stable-diffusion").mkdir()
-    shutil.copyfile(tiny_checkpoint_path, directory / "Stable-diffusion" / tiny_checkpoint_path.name)
+def styles_models_dir(tiny_models_dir_factory):
+    directory = tiny_models_dir_factory("styles-models")
     write_tiny_lora(directory, "tint", "kohya", seed=1)
     return directory
 

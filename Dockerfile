@@ -20,16 +20,17 @@ FROM deps AS fetch
 ARG MANIFEST=models.toml
 WORKDIR /build
 # only what fetching runs: engine changes elsewhere never download the weights again
-COPY engine/__init__.py engine/bake.py engine/models_dir.py ./engine/
+COPY engine/__init__.py ./engine/
+COPY engine/store/__init__.py engine/store/bake.py engine/store/models_dir.py ./engine/store/
 COPY ${MANIFEST} ./models.toml
 RUN --mount=type=secret,id=HF_TOKEN,env=HF_TOKEN --mount=type=secret,id=CIVITAI_TOKEN,env=CIVITAI_TOKEN \
-    python -m engine.bake --manifest models.toml --models-dir /models --no-convert
+    python -m engine.store.bake --manifest models.toml --models-dir /models --no-convert
 
 FROM fetch AS bake
 # the same bake again, now converting single files into the form that loads fastest (skips the fetched)
-COPY engine/converted.py engine/loading.py engine/ldm_format.py ./engine/
+COPY engine/store/converted.py engine/store/loading.py engine/families/ldm_format.py ./engine/
 COPY engine/configs ./engine/configs
-RUN python -m engine.bake --manifest models.toml --models-dir /models
+RUN python -m engine.store.bake --manifest models.toml --models-dir /models
 
 FROM deps AS runtime
 RUN useradd --create-home --uid 10001 worker

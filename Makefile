@@ -27,13 +27,13 @@ $(VENV)/.installed: pyproject.toml
 
 $(DEMO_MODEL): | install
 	$(PY) -m engine.tiny --models-dir $(DEMO_MODELS_DIR)
-	$(PY) -m engine.tiny_lora --models-dir $(DEMO_MODELS_DIR)  # Lora/tiny-lora: try <lora:tiny-lora:0.8>
+	$(PY) -m engine.tiny.lora --models-dir $(DEMO_MODELS_DIR)  # Lora/tiny-lora: try <lora:tiny-lora:0.8>
 
 $(DEMO_FACES): | install
-	$(PY) -m engine.tiny_faces --models-dir $(DEMO_MODELS_DIR)
+	$(PY) -m engine.tiny.faces --models-dir $(DEMO_MODELS_DIR)
 
 $(DEMO_BLIP): | install
-	$(PY) -m engine.tiny_blip --models-dir $(DEMO_MODELS_DIR)
+	$(PY) -m engine.tiny.blip --models-dir $(DEMO_MODELS_DIR)
 
 demo: install $(DEMO_FILES)
 	MODELS_DIR=$(DEMO_MODELS_DIR) SD_MODEL=tiny-sd15 $(PY) -m handler.local test_input.json --outputs outputs
@@ -54,7 +54,7 @@ serve-runpod: install $(DEMO_FILES)
 MANIFEST ?= models.toml
 MODELS_DIR ?= models
 bake: install
-	$(PY) -m engine.bake --manifest $(MANIFEST) --models-dir $(MODELS_DIR)
+	$(PY) -m engine.store.bake --manifest $(MANIFEST) --models-dir $(MODELS_DIR)
 
 # Cold-start benchmark (not a test): ours vs a plain diffusers script vs reading the weights once.
 bench-cold: install

@@ -22,24 +22,24 @@ from schemas import (ExtrasRequest, GenerationRequest, Img2ImgRequest, Interroga
 from schemas.errors import quoted
 
 from .device import pick_device, pick_dtype
-from .embeddings import Embeddings
-from .extras import Extras, extras
+from .prompts.embeddings import Embeddings
+from .postprocess.extras import Extras, extras
 from .faults import out_of_memory_as_error
-from .face_restoration import FaceRestorer, FaceRestorers, restores_faces
-from .generation import Generation
-from .img2img import img2img
-from .interrogate import Interrogator
-from .loading import load_pipeline, stored_dtype
-from .lora import LoraLibrary
-from .model import LoadedModel
-from .models_dir import Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints
-from .progress import Progress
-from .sd_upscale import sd_upscale
+from .postprocess.face_restoration import FaceRestorer, FaceRestorers, restores_faces
+from .tasks.generation import Generation
+from .tasks.img2img import img2img
+from .postprocess.interrogate import Interrogator
+from .store.loading import load_pipeline, stored_dtype
+from .prompts.lora import LoraLibrary
+from .store.model import LoadedModel
+from .store.models_dir import Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints
+from .tasks.progress import Progress
+from .tasks.sd_upscale import sd_upscale
 from .settings import Settings
-from .styles import StyleLibrary
-from .txt2img import txt2img
-from .upscalers import Upscalers
-from .vae import Vaes
+from .prompts.styles import StyleLibrary
+from .tasks.txt2img import txt2img
+from .postprocess.upscalers import Upscalers
+from .store.vae import Vaes
 
 
 class Engine:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .models_dir import STYLES_FILE
+from .store.models_dir import STYLES_FILE
 
 DEFAULT_MAX_MODELS = 2
 DEFAULT_MAX_LORAS = 8

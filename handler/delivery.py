@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from engine.generation import Generation
-from engine.images import EncodedImage, encode_image
+from engine.tasks.generation import Generation
+from engine.imaging.images import EncodedImage, encode_image
 from schemas import RequestError
 from schemas.delivery import DeliveryRequest, S3Config
 

@@ -42,7 +42,7 @@ def face_restorers(engine: Engine, payload: dict, destination) -> list[dict[str,
 
 
 def latent_upscale_modes(engine: Engine, payload: dict, destination) -> list[dict[str, str]]:
-    from engine.upscalers import LATENT_MODES
+    from engine.postprocess.upscalers import LATENT_MODES
 
     return [{"name": name} for name in LATENT_MODES]
 

@@ -15,8 +15,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from engine.loading import UnsupportedCheckpoint
-from engine.models_dir import ModelsDirError
+from engine.store.loading import UnsupportedCheckpoint
+from engine.store.models_dir import ModelsDirError
 from engine.runtime import Engine
 
 from .worker import make_handler

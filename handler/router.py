@@ -9,8 +9,8 @@ from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from engine.generation import Generation
-from engine.images import decode_image, read_infotext
+from engine.tasks.generation import Generation
+from engine.imaging.images import decode_image, read_infotext
 from schemas import (ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, ExtrasRequest, ExtrasSingleImageRequest,
                      ExtrasSingleImageResponse, GenerationRequest, ImageResponse, Img2ImgRequest, InterrogateRequest,
                      InterrogateResponse, PngInfoRequest, PngInfoResponse, Txt2ImgRequest)

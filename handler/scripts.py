@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from engine.generation import Generation, joined
-from engine.noise import resolve_seed
+from engine.tasks.generation import Generation, joined
+from engine.sampling.noise import resolve_seed
 from schemas import GenerationRequest, Img2ImgRequest, RequestError
 from schemas.errors import quoted
 from schemas.scripts import PromptLine, PromptsFromFileArgs

@@ -1,7 +1,7 @@
 """Start-up shared by the adapters (`python -m handler`, `python -m handler.http`).
 
 Starting the engine is mostly imports, so what start-up would otherwise wait on runs beside them:
-the disk reads the weights (engine/prefetch.py), and a second thread imports the adapter's server
+the disk reads the weights (engine/store/prefetch.py), and a second thread imports the adapter's server
 libraries (runpod takes over a second: it probes the CPU in a subprocess). The garbage collector is
 off meanwhile: start-up creates some 800,000 objects that live as long as the worker, and collecting
 while they are created cost about a third of the start on a 2-core CPU. They are frozen afterwards,
@@ -18,7 +18,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from engine.prefetch import prefetch_default_checkpoint
+from engine.store.prefetch import prefetch_default_checkpoint
 from engine.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -38,8 +38,8 @@ def start_engine(beside: tuple[str, ...] = ()) -> Engine:
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             imported = [pool.submit(importlib.import_module, name) for name in beside]
-            from engine.loading import UnsupportedCheckpoint
-            from engine.models_dir import ModelsDirError
+            from engine.store.loading import UnsupportedCheckpoint
+            from engine.store.models_dir import ModelsDirError
             from engine.runtime import Engine
 
             try:

@@ -1,5 +1,6 @@
 """Reading A1111's generation parameters text ("infotext") back: png-info's `parameters`, and the `infotext`
-request field (A1111 1.8+), which fills the fields a request leaves unset. Pure text; engine/infotext.py writes it.
+request field (A1111 1.8+), which fills the fields a request leaves unset. Pure text;
+engine/imaging/infotext.py writes it.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ class Sampler:
 
     name: str
     aliases: tuple[str, ...]
-    scheduler_class: str | None  # diffusers class name (or its base, see engine/samplers.py); None: no equivalent
+    scheduler_class: str | None  # diffusers class name (or its base: engine/sampling/samplers.py); None: none
     config: dict = field(default_factory=dict)
     default_schedule: str = AUTOMATIC  # what "Automatic" means for this sampler
     sigma_schedules: bool = True  # accepts Karras/Exponential/Beta sigma schedules

@@ -84,7 +84,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     """A models directory holding only Stable-diffusion/tiny-sd15.safetensors."""
-    from engine.tiny import write_tiny_checkpoint
+    from engine.tiny.sd import write_tiny_checkpoint
 
     directory = tmp_path_factory.mktemp("models")
     path = write_tiny_checkpoint(directory)
@@ -101,7 +101,7 @@ def tiny_checkpoint_path(models_dir) -> Path:
 def engine_models_dir(tmp_path_factory, tiny_checkpoint_path) -> Path:
     """The engine's models directory: tiny-sd15 plus tiny-sd15-inpainting (a 9-channel UNet), so that
     tests can switch checkpoints with override_settings.sd_model_checkpoint."""
-    from engine.tiny import INPAINTING, write_tiny_checkpoint
+    from engine.tiny.sd import INPAINTING, write_tiny_checkpoint
 
     directory = tmp_path_factory.mktemp("engine-models")
     (directory / "Stable-diffusion").mkdir()
@@ -232,7 +232,7 @@ def write_tiny_upscalers(models_dir: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from engine.upscalers import _import_spandrel
+    from engine.postprocess.upscalers import _import_spandrel
 
     _import_spandrel()
     for index, (relative, (architecture, parameters)) in enumerate(TINY_UPSCALERS.items()):

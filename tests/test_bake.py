@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.bake import BakeError, bake, main, read_manifest
-from engine.models_dir import list_checkpoints
+from engine.store.bake import BakeError, bake, main, read_manifest
+from engine.store.models_dir import list_checkpoints
 
 LORA_HEADER = b'{"__metadata__":{"ss_output_name":"tiny"}}'  # a safetensors header (no tensors), then data
 LORA = len(LORA_HEADER).to_bytes(8, "little") + LORA_HEADER + b"lora " * 300
@@ -165,7 +165,7 @@ def test_start_up_uses_the_baked_hashes_without_reading_weights(tmp_path, models
     recorded = json.loads((baked / "hashes.json").read_text())["Stable-diffusion/tiny-sd15.safetensors"]["sha256"]
     assert recorded == sha(source.read_bytes())
 
-    import engine.models_dir as models_dir_module
+    import engine.store.models_dir as models_dir_module
 
     monkeypatch.setattr(models_dir_module, "_sha256", lambda *a: pytest.fail("start-up hashed a weights file"))
     from engine.runtime import Engine
@@ -202,7 +202,7 @@ def test_warm_up_generates_one_tiny_image(engine, monkeypatch):
 
 def test_a_styles_file_lands_as_styles_csv_where_the_worker_reads_it(tmp_path, monkeypatch):
     from engine.settings import Settings
-    from engine.styles import StyleLibrary
+    from engine.prompts.styles import StyleLibrary
 
     monkeypatch.delenv("WORKER_STYLES_FILE", raising=False)
     source = tmp_path / "my-styles.csv"
@@ -229,8 +229,8 @@ def test_an_interrogate_repo_lands_in_blip_as_a_folder_the_worker_loads(tmp_path
     from PIL import Image
     from safetensors.torch import load_file
 
-    from engine.interrogate import Interrogator
-    from engine.tiny_blip import write_tiny_blip
+    from engine.postprocess.interrogate import Interrogator
+    from engine.tiny.blip import write_tiny_blip
 
     repo = write_tiny_blip(tmp_path / "hub")
     state = load_file(repo / "model.safetensors")

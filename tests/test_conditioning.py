@@ -121,7 +121,7 @@ def test_clip_skip_changes_the_encoding_and_is_in_the_infotext(engine, encoder):
 
 
 def test_encoding_cache_is_bounded(encoder):
-    from engine.conditioning import CACHED_ENCODINGS
+    from engine.prompts.conditioning import CACHED_ENCODINGS
 
     for i in range(CACHED_ENCODINGS + 5):
         encoder.encode(f"prompt number {i}")

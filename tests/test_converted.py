@@ -1,4 +1,4 @@
-"""The bake-time conversion of single-file checkpoints (engine/converted.py): the bake writes it, the
+"""The bake-time conversion of single-file checkpoints (engine/store/converted.py): the bake writes it, the
 worker loads it (weights memory-mapped, not copied) and generates the same images as from the single
 file, and a missing, partial or stale conversion falls back to the single file."""
 
@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import engine.loading as loading
-from engine.bake import Entry, bake
+import engine.store.loading as loading
+from engine.store.bake import Entry, bake
 from engine.settings import Settings
-from engine.converted import RECORD_FILE, converted_dir, usable_conversion
+from engine.store.converted import RECORD_FILE, converted_dir, usable_conversion
 from engine.device import pick_dtype
-from engine.models_dir import list_checkpoints, read_baked_hashes
+from engine.store.models_dir import list_checkpoints, read_baked_hashes
 from schemas import Txt2ImgRequest
 
 NAME = "tiny-sd15.safetensors"
@@ -127,7 +127,7 @@ def test_a_missing_or_stale_conversion_falls_back_to_the_single_file(baked_copy,
 
 def test_bake_without_conversion_then_with(tmp_path, tiny_checkpoint_path):
     """The Dockerfile's two bake stages: fetch (--no-convert), then the same bake converting."""
-    from engine.bake import main
+    from engine.store.bake import main
 
     models = tmp_path / "models"
     manifest = tmp_path / "models.toml"
@@ -177,7 +177,7 @@ def test_default_dtype():
 
 
 def test_prefetch_reads_the_files_the_load_will_read(baked_copy, monkeypatch, tmp_path):
-    import engine.prefetch as prefetch
+    import engine.store.prefetch as prefetch
 
     (checkpoint,) = list_checkpoints(baked_copy)
     folder = converted_dir(checkpoint)

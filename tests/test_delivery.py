@@ -17,7 +17,7 @@ import requests
 from PIL import Image
 
 from conftest import free_port
-from engine.images import read_infotext
+from engine.imaging.images import read_infotext
 from handler.worker import make_handler
 
 BODY = {"prompt": "a blue door", "steps": 2, "width": 64, "height": 64, "seed": 3}
@@ -198,7 +198,7 @@ def test_bad_delivery_requests_are_clear(engine, delivery, message):
 def test_boto3_is_not_imported_for_base64_delivery():
     code = ("import sys, handler.worker, handler.router, handler.delivery; "
             "from handler.delivery import Destination, deliver; "
-            "from engine.images import encode_image; from PIL import Image; "
+            "from engine.imaging.images import encode_image; from PIL import Image; "
             "deliver([encode_image(Image.new('RGB', (8, 8)), 'x')], Destination.for_job('j')); "
             "assert 'boto3' not in sys.modules, 'boto3 imported'")
     env = {"PATH": "", "HF_HUB_OFFLINE": "1"}

@@ -37,14 +37,14 @@ def test_hadolint_passes():
 def test_bake_stages_run_the_tested_bake_command_on_bake_code_only():
     """fetch downloads with the fetching code alone (engine changes never download again); bake, built
     on it, converts with the loading code too."""
-    command = "python -m engine.bake --manifest models.toml --models-dir /models"
+    command = "python -m engine.store.bake --manifest models.toml --models-dir /models"
     fetch, bake = stages()["fetch"], stages()["bake"]
     assert any(line.startswith("RUN ") and line.endswith(command + " --no-convert") for line in fetch)
     assert any(line.startswith("RUN ") and line.endswith(command) for line in bake)
     copied = {name for line in fetch + bake if line.startswith("COPY ") and "MANIFEST" not in line
               for name in line.split()[1:-1]}
     assert {name for line in fetch if line.startswith("COPY engine") for name in line.split()[1:-1]} == {
-        "engine/__init__.py", "engine/bake.py", "engine/models_dir.py"}
+        "engine/__init__.py", "engine/store/__init__.py", "engine/store/bake.py", "engine/store/models_dir.py"}
     assert all(name.startswith("engine/") and name != "engine" for name in copied)
 
 
@@ -73,7 +73,7 @@ def test_dependencies_are_pinned_and_the_manifest_parses():
     for dependency in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
         name = re.split(r"[<>=\[ ]", dependency)[0].lower()
         assert name == "torch" or name in pinned, f"{name} is not pinned in docker/constraints.txt"
-    from engine.bake import read_manifest
+    from engine.store.bake import read_manifest
 
     assert [e.relative_path for e in read_manifest(ROOT / "models.toml")] == [
         "Stable-diffusion/v1-5-pruned-emaonly.safetensors", "GFPGAN/GFPGANv1.4.pth",
@@ -88,9 +88,9 @@ def test_the_fetch_stage_imports_with_only_the_files_it_copies(tmp_path):
         if line.startswith("COPY engine"):
             *sources, destination = line.split()[1:]
             for source in sources:
-                target = tmp_path / destination / Path(source).name
+                target = tmp_path / destination / Path(source).name  # the destinations end in /
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(ROOT / source, target)
-    result = subprocess.run([sys.executable, "-S", "-c", "import engine.bake"], cwd=tmp_path, capture_output=True,
+    result = subprocess.run([sys.executable, "-S", "-c", "import engine.store.bake"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60, env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0, result.stderr

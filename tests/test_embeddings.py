@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.embeddings import EmbeddingVector
+from engine.prompts.embeddings import EmbeddingVector
 from schemas.infotext import parse_infotext
-from engine.tiny_addons import text_width, write_tiny_embedding
+from engine.tiny.addons import text_width, write_tiny_embedding
 from handler.router import route
 
 BASE = {"steps": 3, "width": 64, "height": 64, "seed": 5}

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from conftest import REPO_ROOT
-from engine.bake import read_manifest
-from engine.face_restoration import (DETECTOR_FILE, FACE_SIZE, FFHQ_TEMPLATE, RESTORERS, FaceRestorers, align_face,
-                                     detect_faces, restore_faces)
-from engine.tiny_faces import CELL, face_landmarks, write_detector, write_restorers
+from engine.store.bake import read_manifest
+from engine.postprocess.face_restoration import (DETECTOR_FILE, FACE_SIZE, FFHQ_TEMPLATE, RESTORERS, FaceRestorers,
+                                                 align_face, detect_faces, restore_faces)
+from engine.tiny.faces import CELL, face_landmarks, write_detector, write_restorers
 from handler.router import route
 from handler.worker import make_handler
 from schemas import Options, RequestError

@@ -98,7 +98,7 @@ def test_post_options_is_validated_whole(engine, options_unchanged, values, fiel
 
 
 def test_overrides_are_kept_only_after_the_request_succeeded(engine, monkeypatch):
-    import engine.txt2img as txt2img_module
+    import engine.tasks.txt2img as txt2img_module
 
     before = engine.options.model_dump()
     keep = {**TINY, "override_settings": {"jpeg_quality": 42}, "override_settings_restore_afterwards": False}
@@ -293,7 +293,7 @@ def test_a_fault_inside_a_vae_load_is_not_reported_as_bad_input(tiny_models_dir_
     from diffusers import AutoencoderKL
 
     from engine.faults import OutOfMemory
-    from engine.tiny_addons import write_tiny_vae
+    from engine.tiny.addons import write_tiny_vae
 
     models_dir = tiny_models_dir_factory("vae-fault")
     write_tiny_vae(models_dir, "other.safetensors", seed=1)

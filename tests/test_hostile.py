@@ -846,7 +846,7 @@ def test_pathological_prompt_answered_quickly(prompt, client, baseline):
 
 
 def test_png_info_long_parameters_line_answered_quickly(client):
-    """png-info parses the last infotext line with _PARAM in engine/infotext.py; on a long line of words with
+    """png-info parses the last infotext line with _PARAM in engine/imaging/infotext.py; on a long line of words with
     no ':' the regex backtracks quadratically. The 24 kB text is a 150-byte PNG as zTXt (PIL allows 1 MB:
     hours of CPU per request, and png-info does not queue behind the generation lock)."""
     info = PngInfo()
@@ -900,7 +900,7 @@ def test_hires_cover_size_refused_before_work_http(guarded):
 def test_large_init_image_not_vae_encoded_at_full_size(engine, handle, monkeypatch):
     """resize_mode 3 VAE-encodes the init image at its own size: a 4096x4096 PNG (50 kB of request)
     is beyond the worker's own 2048 side limit; it must be refused or resized before encoding."""
-    from engine.model import LoadedModel
+    from engine.store.model import LoadedModel
 
     encode = LoadedModel.encode_images
 

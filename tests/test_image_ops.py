@@ -1,11 +1,11 @@
-"""engine.image_ops: img2img resize modes, mask reading/invert/blur, the "only masked" crop box,
+"""engine.imaging.image_ops: img2img resize modes, mask reading/invert/blur, the "only masked" crop box,
 masked-content fill, compositing the original back and pasting the crop back."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from engine.image_ops import (
+from engine.imaging.image_ops import (
     composite_original,
     crop_region,
     expand_to_aspect,

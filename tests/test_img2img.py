@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.images import decode_image
-from engine.sampling import img2img_steps
+from engine.imaging.images import decode_image
+from engine.sampling.loop import img2img_steps
 from handler.router import route
 
 BASE = {"prompt": "a red barn", "steps": 4, "width": 64, "height": 64, "seed": 11, "mask_blur": 0}

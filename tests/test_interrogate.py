@@ -13,8 +13,8 @@ import webuiapi
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from engine.interrogate import BLIP_SUBDIR, MIN_LENGTH, Interrogator
-from engine.tiny_blip import NAME, WORDS, write_tiny_blip
+from engine.postprocess.interrogate import BLIP_SUBDIR, MIN_LENGTH, Interrogator
+from engine.tiny.blip import NAME, WORDS, write_tiny_blip
 from handler.http.app import create_app
 from handler.worker import make_handler
 from schemas import RequestError

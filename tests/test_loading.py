@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from engine.configs import CLIP_TOKENIZER_DIR, architecture_dir
-from engine.loading import UnsupportedCheckpoint, detect_architecture, load_pipeline
-from engine.models_dir import Checkpoint, list_checkpoints
+from engine.store.loading import UnsupportedCheckpoint, detect_architecture, load_pipeline
+from engine.store.models_dir import Checkpoint, list_checkpoints
 from schemas import Txt2ImgRequest
 
 # SD 1.5 (runwayml/stable-diffusion-v1-5) parameter counts
@@ -31,7 +31,7 @@ def _assert_same_weights(loaded: torch.nn.Module, expected: torch.nn.Module, wha
 
 
 def test_single_file_loads_exactly_the_tiny_weights(engine):
-    from engine.tiny import build_tiny_modules
+    from engine.tiny.sd import build_tiny_modules
 
     pipe = engine.model.pipe
     unet, vae, text_encoder = build_tiny_modules()

@@ -1,7 +1,7 @@
 """LoRAs: `<lora:name:weight>` tags, files in kohya and diffusers format from Lora/, per-component
 weights, no state carried between requests, hires and img2img, errors, listing and infotext hashes.
 
-The LoRAs are tiny random ones for the tiny checkpoint, written by engine/tiny_lora.py.
+The LoRAs are tiny random ones for the tiny checkpoint, written by engine/tiny/lora.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from pydantic import ValidationError
 
 from conftest import TINY_NAME, decode_png_b64, png_parameters
-from engine.tiny_lora import write_tiny_lora
+from engine.tiny.lora import write_tiny_lora
 from handler.errors import describe
 from handler.router import route
 from schemas import RequestError, Txt2ImgRequest
@@ -243,7 +243,7 @@ def test_a_request_never_inherits_the_previous_requests_loras(lora_engine):
 
 
 def test_a_request_that_fails_leaves_no_lora_active(lora_engine, monkeypatch):
-    import engine.txt2img
+    import engine.tasks.txt2img
 
     base = pixels(lora_engine, prompt="a cat")
 
@@ -251,7 +251,7 @@ def test_a_request_that_fails_leaves_no_lora_active(lora_engine, monkeypatch):
         assert lora_engine.model.encoder.adapters
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(engine.txt2img, "_hires_pass", failing_hires_pass)
+    monkeypatch.setattr(engine.tasks.txt2img, "_hires_pass", failing_hires_pass)
     with pytest.raises(RuntimeError, match="out of CPU memory at 128x128"):
         generate(lora_engine, prompt="a cat<lora:style>", enable_hr=True, denoising_strength=0.5)
     monkeypatch.undo()

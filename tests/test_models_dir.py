@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.models_dir import (Checkpoint, ModelsDirError, default_checkpoint, find_checkpoint,
+from engine.store.models_dir import (Checkpoint, ModelsDirError, default_checkpoint, find_checkpoint,
                                list_checkpoints)
 
 HEX = set("0123456789abcdef")

@@ -6,8 +6,8 @@ import io
 import pytest
 from PIL import ExifTags, Image
 
-from engine.images import encode_png
-from engine.infotext import build_infotext
+from engine.imaging.images import encode_png
+from engine.imaging.infotext import build_infotext
 from schemas.infotext import parse_infotext
 from handler.router import route
 from schemas import RequestError

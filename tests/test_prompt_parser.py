@@ -6,7 +6,7 @@ plus the outputs A1111 gives for the other cases.
 
 import pytest
 
-from engine.prompt_parser import parse_attention, prompt_schedules, split_and
+from engine.prompts.parser import parse_attention, prompt_schedules, split_and
 
 BREAK = ("BREAK", -1)
 

@@ -13,7 +13,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from engine.samplers import make_scheduler
+from engine.sampling.samplers import make_scheduler
 from handler.http.app import create_app
 from handler.router import route
 from handler.worker import make_handler

@@ -223,7 +223,7 @@ def _config_has(scheduler, expected: dict):
 def test_make_scheduler_builds_the_expected_diffusers_class(name, scheduler_config):
     import diffusers
 
-    from engine.samplers import make_scheduler
+    from engine.sampling.samplers import make_scheduler
 
     sampler, schedule = resolve(name, None)
     scheduler = make_scheduler(scheduler_config, sampler, schedule, [0])
@@ -242,7 +242,7 @@ def test_make_scheduler_builds_the_expected_diffusers_class(name, scheduler_conf
 @pytest.mark.parametrize("schedule_name", SUPPORTED_SCHEDULES)
 @pytest.mark.parametrize("sampler_name", ["DPM++ 2M", "Euler"])
 def test_schedule_sets_the_diffusers_flags(sampler_name, schedule_name, scheduler_config):
-    from engine.samplers import make_scheduler
+    from engine.sampling.samplers import make_scheduler
 
     sampler, schedule = resolve(sampler_name, A1111_SCHEDULES[schedule_name])
     if schedule_name != "automatic":
@@ -259,7 +259,7 @@ def test_schedule_sets_the_diffusers_flags(sampler_name, schedule_name, schedule
 
 @pytest.mark.parametrize("combined", ["LMS Karras", "DPM2 a Karras", "DPM++ SDE Karras", "DPM++ 2M SDE Exponential"])
 def test_combined_names_build_schedulers_with_their_schedule(combined, scheduler_config):
-    from engine.samplers import make_scheduler
+    from engine.sampling.samplers import make_scheduler
 
     sampler, schedule = resolve(combined, None)
     scheduler = make_scheduler(scheduler_config, sampler, schedule, [0])

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import engine.sd_upscale as sd_upscale_module
-from engine.sd_upscale import TileGrid, tile_origins
+import engine.tasks.sd_upscale as sd_upscale_module
+from engine.tasks.sd_upscale import TileGrid, tile_origins
 from handler.http.app import create_app
 from handler.worker import make_handler
 from schemas import Img2ImgRequest, Txt2ImgRequest, limits

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from engine.noise import batch_noise, image_noise, paste_centred
-from engine.tiling import tiled
+from engine.sampling.noise import batch_noise, image_noise, paste_centred
+from engine.tasks.tiling import tiled
 from handler.router import route
 from handler.worker import make_handler
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 from conftest import TINY_NAME, decode_png_b64, png_parameters
 from engine.settings import Settings
-from engine.styles import StyleLibrary
-from engine.tiny_lora import write_tiny_lora
+from engine.prompts.styles import StyleLibrary
+from engine.tiny.lora import write_tiny_lora
 from handler.errors import describe
 from handler.http.app import create_app
 from handler.router import route

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from transformers import CLIPTokenizer
 
 from engine.configs import CLIP_TOKENIZER_DIR, architecture_dir
-from engine.tiny import SDXL, SDXL_REFINER, build_tiny_sdxl_modules, main, write_tiny_checkpoint
+from engine.tiny.sd import SDXL, SDXL_REFINER, build_tiny_sdxl_modules, main, write_tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UNET = "model.diffusion_model."

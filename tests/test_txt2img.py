@@ -94,7 +94,7 @@ def test_batch_size_times_n_iter_images_with_consecutive_seeds(engine, decode_pn
 
 
 def test_each_image_has_its_own_noise_generator():
-    from engine.noise import batch_noise
+    from engine.sampling.noise import batch_noise
 
     shape = (4, 8, 8)
     batch, generators = batch_noise([10, 11], [0, 1], 0, shape, None, 0)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-import engine.upscalers as upscalers_module
+import engine.postprocess.upscalers as upscalers_module
 from engine.settings import Settings
-from engine.upscalers import Upscalers
+from engine.postprocess.upscalers import Upscalers
 from handler.router import route
 from handler.worker import make_handler
 from schemas import RequestError

@@ -7,7 +7,7 @@ import json
 import pytest
 from safetensors.torch import save_file
 
-from engine.tiny_addons import write_tiny_vae
+from engine.tiny.addons import write_tiny_vae
 from handler.router import route
 from handler.worker import make_handler
 

@@ -80,7 +80,7 @@ def make_checkpoint(cache: Path) -> Path:
 
 def _bake_checkpoint(cache: Path) -> None:
     """Write the checkpoint unless it is there, then bake it (a re-run only converts what is stale)."""
-    from engine.bake import Entry, bake
+    from engine.store.bake import Entry, bake
 
     baked = cache / "models" / "Stable-diffusion" / NAME
     source = baked if baked.exists() else _write_checkpoint(cache)
@@ -96,7 +96,7 @@ def _write_checkpoint(cache: Path) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from engine.configs import architecture_dir
-    from engine.ldm_format import to_single_file
+    from engine.families.ldm_format import to_single_file
 
     config = architecture_dir("sd15")
     torch.manual_seed(0)

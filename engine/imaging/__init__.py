@@ -1,0 +1,1 @@
+"""Image files: decoding and encoding, image operations, infotexts."""

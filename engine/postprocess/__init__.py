@@ -1,0 +1,1 @@
+"""After generation: upscalers, face restoration, extras, interrogation."""

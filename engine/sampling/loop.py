@@ -1,0 +1,134 @@
+"""The denoising loop: a diffusers scheduler driving the UNet with A1111's conditioning rules.
+
+Written out (rather than calling a diffusers pipeline) because A1111 semantics need control of every
+step: prompt editing changes the conditioning per step, AND sub-prompts are combined as composable
+diffusion, img2img runs A1111's exact step count, and inpainting blends or conditions on the mask.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from ..prompts.conditioning import Conditioning
+from .kdiffusion import timestep_to_sigma
+from ..tasks.progress import Progress
+
+
+@dataclass
+class Inpainting:
+    """What an inpainting pass keeps: 1 in `mask` = repaint (latent resolution)."""
+
+    init_latents: torch.Tensor  # the image being inpainted, encoded
+    mask: torch.Tensor  # (B, 1, h, w)
+    noise: torch.Tensor  # the starting noise, to re-noise the kept area at each step
+    unet_extra: torch.Tensor | None = None  # 9-channel UNets: mask + masked-image latents, concatenated
+
+
+def img2img_steps(steps: int, denoising_strength: float, exact: bool) -> tuple[int, int]:
+    """(schedule length, steps run) for img2img, as A1111 counts them.
+
+    Default: a `steps` schedule of which int(min(d, 0.999) * steps) + 1 steps run. `exact`
+    (img2img_fix_steps, and every hires pass): exactly `steps` run, on a schedule stretched to fit.
+    """
+    strength = min(denoising_strength, 0.999)
+    if exact and strength > 0:
+        return max(int(steps / strength), steps), steps
+    return steps, int(strength * steps) + 1
+
+
+def set_schedule(scheduler, length: int, run: int, device) -> torch.Tensor:
+    """The timesteps to run: the last `run` steps of a `length`-step schedule."""
+    scheduler.set_timesteps(length, device=device)
+    start = (length - run) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
+
+
+@dataclass
+class Guidance:
+    """Classifier-free guidance of a sampling pass, with A1111's "negative guidance minimum sigma" (s_min_uncond,
+    infotext NGMS): every other model evaluation (the odd ones) whose noise level is below s_min_uncond runs
+    without the negative prompt, the prompt alone guiding (scale 1). A1111's timestep samplers (DDIM, PLMS,
+    UniPC) compare the UNet timestep instead of sigma, as A1111's do."""
+
+    cfg_scale: float
+    s_min_uncond: float = 0.0
+    by_timestep: bool = False
+    skipped_uncond: bool = False  # set once an evaluation ran without the negative prompt
+
+    def skips_uncond(self, index: int, scheduler, timestep: torch.Tensor) -> bool:
+        if not (index % 2 and self.s_min_uncond > 0):
+            return False
+        level = float(timestep) if self.by_timestep else timestep_to_sigma(scheduler, timestep)
+        skip = level < self.s_min_uncond
+        self.skipped_uncond |= skip
+        return skip
+
+
+def _step_kwargs(scheduler, generators, eta: float) -> dict:
+    accepted = inspect.signature(scheduler.step).parameters
+    kwargs = {}
+    if "generator" in accepted:
+        kwargs["generator"] = generators
+    if "eta" in accepted:
+        kwargs["eta"] = eta
+    return kwargs
+
+
+@torch.inference_mode()
+def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, conditioning: Conditioning,
+            guidance: Guidance, generators: list[torch.Generator], eta: float = 0.0,
+            inpainting: Inpainting | None = None, progress: Progress | None = None) -> torch.Tensor:
+    """Run `timesteps` from `latents` (already noised to the first timestep's level).
+
+    `eta` goes to schedulers whose step takes it (DDIM); schedulers with A1111's churn (engine/sampling/churn.py) lift
+    the latents before the model evaluates a step. Reports each step to `progress` and stops early when it is
+    interrupted or skipped.
+    """
+    batch = latents.shape[0]
+    step_kwargs = _step_kwargs(scheduler, generators, eta)
+    churn = getattr(scheduler, "churn", None)
+    for index, timestep in enumerate(timesteps):
+        if progress is not None:
+            if progress.stopping:
+                break
+            progress.step(index, len(timesteps))
+        if churn is not None:
+            latents, timestep = churn(latents, timestep, generators)
+        uncond, conds = conditioning.at(index // scheduler.order)
+        skip_uncond = guidance.skips_uncond(index, scheduler, timestep)
+        contexts = conds if skip_uncond else (uncond, *conds)
+        parts = len(contexts)
+        model_input = scheduler.scale_model_input(torch.cat([latents] * parts), timestep)
+        if inpainting is not None and inpainting.unet_extra is not None:
+            model_input = torch.cat([model_input, inpainting.unet_extra.repeat(parts, 1, 1, 1)], dim=1)
+        context = torch.cat([c.expand(batch, -1, -1) for c in contexts]).to(unet.dtype)
+        predictions = unet(model_input.to(unet.dtype), timestep, encoder_hidden_states=context).sample.float()
+        guided = _guided(predictions.chunk(parts), conditioning.weights, guidance.cfg_scale, skip_uncond)
+        latents = scheduler.step(guided, timestep, latents, **step_kwargs).prev_sample
+        if inpainting is not None and inpainting.unet_extra is None:
+            latents = _keep_unmasked(scheduler, timesteps, index, latents, inpainting)
+    return latents
+
+
+def _guided(predictions: tuple[torch.Tensor, ...], weights, cfg_scale: float, skip_uncond: bool) -> torch.Tensor:
+    """The UNet's predictions (uncond first, then each AND part) combined by CFG and composable diffusion.
+    Without the uncond prediction, the first part's stands in for it at scale 1, as in A1111."""
+    if skip_uncond:
+        base, conds, scale = predictions[0], predictions, 1.0
+    else:
+        (base, *conds), scale = predictions, cfg_scale
+    return base + sum(weight * scale * (cond - base) for weight, cond in zip(weights, conds))
+
+
+def _keep_unmasked(scheduler, timesteps, index: int, latents: torch.Tensor, inpainting: Inpainting) -> torch.Tensor:
+    """Ordinary (4-channel) UNets: outside the mask, the original re-noised to the next step's level."""
+    if index + 1 < len(timesteps):
+        kept = scheduler.add_noise(inpainting.init_latents, inpainting.noise, timesteps[index + 1:index + 2])
+    else:
+        kept = inpainting.init_latents
+    return kept * (1 - inpainting.mask) + latents * inpainting.mask

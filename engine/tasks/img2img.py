@@ -1,0 +1,201 @@
+"""img2img and inpainting, with A1111's resize modes, masks, fills, "only masked" and step count.
+
+Masks: white = repaint. Ordinary checkpoints keep the unmasked area by blending the re-noised
+original into the latents at every step; inpainting checkpoints (9-channel UNets) are conditioned on
+the mask and the masked image instead. Either way the original pixels are composited back outside
+the mask at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from schemas import Img2ImgRequest, Options
+from schemas.limits import MAX_SIDE
+
+from ..imaging import image_ops
+from ..postprocess.face_restoration import FaceRestorer
+from .generation import Generation
+from .job import Job
+from ..store.model import LoadedModel
+from .progress import Progress
+from ..sampling.loop import Inpainting, img2img_steps, set_schedule
+from .tiling import tiled
+
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # inpainting_fill 0..3
+LATENT_RESIZE_MODE = 3
+FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = range(4)
+
+
+@dataclass
+class MaskPlan:
+    """How a request's mask applies to the init images of one size (the mask is fitted to each size)."""
+
+    repaint: Image.Image  # "L" at width x height: what is repainted, in the generated frame
+    overlay: Image.Image  # "L" at the output size: where generated pixels replace the original
+    box: tuple[int, int, int, int] | None  # "only masked": the region cut out of the original
+    latent: Image.Image | None = None  # "L": latent_mask, which blends the latents in place of `repaint`
+
+    @property
+    def blend(self) -> Image.Image:
+        """The mask that keeps the original in the latents at each step."""
+        return self.repaint if self.latent is None else self.latent
+
+
+def img2img(model: LoadedModel, request: Img2ImgRequest, options: Options,
+            init_images: list[Image.Image], mask: Image.Image | None, progress: Progress | None = None,
+            faces: FaceRestorer | None = None, latent_mask: Image.Image | None = None,
+            script_params: dict[str, Any] | None = None) -> Generation:
+    """`latent_mask` (with a mask): the mask that keeps the original in the latents at each step, as is (A1111's
+    latent_mask), in place of the blurred repaint mask. `script_params`: infotext keys of a script that runs
+    img2img, before img2img's own (as in A1111)."""
+    job = Job(model, request, options, progress, faces)
+    job.extra_params.update(script_params or {})
+    plans = {image.size: _plan_mask(request, mask, image.size, latent_mask) for image in init_images} \
+        if mask is not None else {}
+    _add_params(job, request, plans.get(init_images[0].size))
+    count = len(job.all_seeds)
+    sources = [init_images[i % len(init_images)].convert("RGB") for i in range(count)]  # A1111 cycles them
+    images: list[Image.Image] = []
+    with tiled(model.unet, model.vae, enabled=bool(request.tiling)):
+        for seeds, subseeds in job.batches():
+            batch = [(image, plans.get(image.size)) for image in sources[len(images):len(images) + len(seeds)]]
+            images += _generate(job, request, options, batch, seeds, subseeds)
+    return job.result(images)
+
+
+def _plan_mask(request: Img2ImgRequest, mask: Image.Image, image_size: tuple[int, int],
+               latent_mask: Image.Image | None) -> MaskPlan:
+    prepared = image_ops.prepare_mask(image_ops.mask_from_image(mask).resize(image_size),
+                                      request.mask_blur_x, request.mask_blur_y, bool(request.inpainting_mask_invert))
+    latent = image_ops.mask_from_image(latent_mask) if latent_mask is not None else None
+    if request.inpaint_full_res and (box := image_ops.crop_region(prepared, request.inpaint_full_res_padding)):
+        box = image_ops.expand_to_aspect(box, request.width, request.height, *image_size)
+        repaint = image_ops.resize_image(prepared.crop(box), request.width, request.height, 2).convert("L")
+        return MaskPlan(repaint, prepared, box, latent)
+    # "whole picture" (or an empty mask, where "only masked" has nothing to crop: A1111 does the same)
+    mode = 0 if request.resize_mode == LATENT_RESIZE_MODE else request.resize_mode
+    repaint = image_ops.resize_image(prepared, request.width, request.height, mode).convert("L")
+    return MaskPlan(repaint, _strengthen(repaint), None, latent)
+
+
+def _strengthen(mask: Image.Image) -> Image.Image:
+    """For "whole picture", A1111 doubles the blurred mask for the overlay, so the repainted area stays solid."""
+    return Image.fromarray(np.clip(np.asarray(mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8))
+
+
+def _frame(request: Img2ImgRequest, image: Image.Image, plan: MaskPlan | None) -> tuple[Image.Image, Image.Image]:
+    """(the picture the output is composed on, the picture that is encoded and denoised)."""
+    if plan is not None and plan.box is not None:
+        return image, image_ops.resize_image(image.crop(plan.box), request.width, request.height, 2)
+    if request.resize_mode == LATENT_RESIZE_MODE:
+        resized = image_ops.resize_image(image, request.width, request.height, 0)
+        return resized, image.resize(_latent_mode_size(image), Image.Resampling.LANCZOS)
+    resized = image_ops.resize_image(image, request.width, request.height, request.resize_mode)
+    return resized, resized
+
+
+def _latent_mode_size(image: Image.Image) -> tuple[int, int]:
+    """The size resize mode 3 encodes an init image at before resizing its latents: its own, floored to the VAE's
+    multiple, and shrunk (keeping its aspect ratio) to MAX_SIDE per side at most."""
+    scale = min(1.0, MAX_SIDE / max(image.size))
+    multiple = 8
+    return tuple(max(int(side * scale) // multiple, 1) * multiple for side in image.size)
+
+
+def _generate(job: Job, request: Img2ImgRequest, options: Options, sources: list[tuple[Image.Image, MaskPlan | None]],
+              seeds: list[int], subseeds: list[int]) -> list[Image.Image]:
+    """One batch: each source image with its mask plan (all None without a mask)."""
+    model = job.model
+    plans = [plan for _, plan in sources]
+    frames = [_frame(request, image, plan) for image, plan in sources]
+    encoded = [image_ops.fill_masked(work, plan.repaint) if plan and request.inpainting_fill == FILL else work
+               for (_, work), plan in zip(frames, plans)]
+    init = model.encode_images(encoded)
+    latent_size = (request.height // model.scale_factor, request.width // model.scale_factor)
+    if init.shape[-2:] != latent_size:
+        init = F.interpolate(init, size=latent_size, mode="bilinear")
+    noise, generators = job.noise(seeds, subseeds, request.width, request.height)
+    noise = noise * (request.initial_noise_multiplier or 1.0)
+    inpainting = _inpainting(job, request, plans, init, noise, [work for _, work in frames])
+    if inpainting is not None and not model.is_inpainting:
+        init = _fill_latents(request.inpainting_fill, init, inpainting.mask, noise)
+
+    scheduler = job.scheduler(seeds)
+    length, run = img2img_steps(request.steps, request.denoising_strength, options.img2img_fix_steps)
+    timesteps = set_schedule(scheduler, length, run, model.device)
+    conditioning = job.prepare(request.prompts, request.steps)
+    latents = job.denoise(scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]), conditioning,
+                          generators, inpainting)
+    generated = job.restore_faces(model.decode_latents(latents))
+    return [_compose(canvas, image, plan) for (canvas, _), image, plan in zip(frames, generated, plans)]
+
+
+def _inpainting(job: Job, request: Img2ImgRequest, plans: list[MaskPlan | None], init: torch.Tensor,
+                noise: torch.Tensor, pictures: list[Image.Image]) -> Inpainting | None:
+    """The batch's masks (`plans`: one per image, all None without a mask) at latent size."""
+    model = job.model
+    masked_request = plans[0] is not None
+    if not masked_request and not model.is_inpainting:
+        return None
+    batch, _, h, w = init.shape
+    if not masked_request:  # an inpainting checkpoint without a mask: everything may change
+        mask = torch.ones(batch, 1, h, w, device=init.device)
+    else:
+        small = np.stack([np.asarray(plan.blend.resize((w, h)), dtype=np.float32) / 255 for plan in plans])
+        if request.mask_round:
+            small = np.around(small)
+        mask = torch.from_numpy(small).to(init.device)[:, None]
+    if not model.is_inpainting:
+        return Inpainting(init, mask, noise)
+    size = pictures[0].size  # every picture is width x height
+    binaries = [plan.repaint.point(lambda v: 255 if v >= 128 else 0) if plan else Image.new("L", size, 255)
+                for plan in plans]
+    gray = Image.new("RGB", size, (127, 127, 127))
+    masked = model.encode_images([Image.composite(gray, picture, binary)
+                                  for picture, binary in zip(pictures, binaries)])
+    condition_mask = torch.from_numpy(np.stack([np.asarray(b, dtype=np.float32) / 255 for b in binaries]))
+    condition_mask = F.interpolate(condition_mask[:, None].to(init.device), size=(h, w))
+    return Inpainting(init, mask, noise, unet_extra=torch.cat([condition_mask, masked], dim=1))
+
+
+def _fill_latents(fill: int, init: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """inpainting_fill 2 and 3 replace the masked latents with noise or nothing before sampling."""
+    if fill == LATENT_NOISE:
+        return init * (1 - mask) + noise * mask
+    if fill == LATENT_NOTHING:
+        return init * (1 - mask)
+    return init
+
+
+def _compose(canvas: Image.Image, generated: Image.Image, plan: MaskPlan | None) -> Image.Image:
+    if plan is None:
+        return generated
+    if plan.box is not None:
+        generated = image_ops.paste_region(canvas, generated, plan.box)
+    return image_ops.composite_original(canvas, generated, plan.overlay)
+
+
+def _add_params(job: Job, request: Img2ImgRequest, plan: MaskPlan | None) -> None:
+    extra = job.extra_params
+    extra["Denoising strength"] = request.denoising_strength
+    if request.initial_noise_multiplier not in (None, 1):
+        extra["Noise multiplier"] = request.initial_noise_multiplier
+    if plan is None:
+        return
+    if request.mask_blur_x == request.mask_blur_y:
+        extra["Mask blur"] = request.mask_blur_x
+    else:
+        extra["Mask blur x"], extra["Mask blur y"] = request.mask_blur_x, request.mask_blur_y
+    if request.inpainting_mask_invert:
+        extra["Mask mode"] = "Inpaint not masked"
+    extra["Masked content"] = MASKED_CONTENT[request.inpainting_fill]
+    if plan.box is not None:
+        extra["Inpaint area"] = "Only masked"
+        extra["Masked area padding"] = request.inpaint_full_res_padding

@@ -1,0 +1,1 @@
+"""Tiny random models for the demo and the tests, written in the layouts real ones ship in."""

@@ -1,5 +1,3 @@
-"""`python -m engine.tiny`: write a tiny checkpoint (see engine/tiny/sd.py)."""
-
-from .sd import main
+from . import main
 
 main()

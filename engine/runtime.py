@@ -29,7 +29,7 @@ from .postprocess.face_restoration import FaceRestorer, FaceRestorers, restores_
 from .tasks.generation import Generation
 from .tasks.img2img import img2img
 from .postprocess.interrogate import Interrogator
-from .store.loading import load_pipeline, stored_dtype
+from .store.loading import detect_architecture, load_pipeline, stored_dtype
 from .prompts.lora import LoraLibrary
 from .store.model import LoadedModel
 from .store.models_dir import Checkpoint, default_checkpoint, find_checkpoint, list_checkpoints
@@ -103,8 +103,9 @@ class Engine:
         else:
             while len(self._loaded) >= self.max_models:
                 self._loaded.popitem(last=False)
-            self._loaded[checkpoint.path] = LoadedModel(checkpoint, load_pipeline(checkpoint, self.device, self.dtype),
-                                                        self.loras, self.embeddings)
+            architecture = detect_architecture(checkpoint)
+            pipe = load_pipeline(checkpoint, architecture, self.device, self.dtype)
+            self._loaded[checkpoint.path] = LoadedModel(checkpoint, architecture, pipe, self.loras, self.embeddings)
         return self._loaded[checkpoint.path]
 
     def _request_options(self, request: GenerationRequest) -> tuple[LoadedModel, Options]:
@@ -114,24 +115,33 @@ class Engine:
         checkpoint = self.find_checkpoint(options.sd_model_checkpoint, "override_settings.sd_model_checkpoint")
         model = self.model_for(checkpoint)
         _check_against_model(options, model, "override_settings.")
-        self.vaes.apply(model, options.sd_vae, "override_settings.sd_vae")
+        self._apply_vae(model, options.sd_vae, "override_settings.sd_vae")
         return model, options
 
+    def _apply_vae(self, model: LoadedModel, option: str, field: str) -> None:
+        """Make `model` decode and encode with the VAE the sd_vae value `option` names (given in `field`)."""
+        model.use_vae(*self.vaes.find(option, model.checkpoint, model.architecture, field))
+
     def _generate(self, request: GenerationRequest, operation, hires_checkpoint: str | None = None) -> Generation:
-        """Run `operation(model, options, hires_model)` for a txt2img or img2img request (`hires_checkpoint`:
-        hr_checkpoint_name, loaded with the request's VAE); after success keep its overrides when it asks to
-        (override_settings_restore_afterwards: false)."""
+        """Run `operation(model, options, hires_model, refiner)` for a txt2img or img2img request (`hires_checkpoint`:
+        hr_checkpoint_name, loaded with the request's VAE; `refiner`: refiner_checkpoint's model, or None); after
+        success keep its overrides when it asks to (override_settings_restore_afterwards: false). Every model it
+        loads counts in the model cache (WORKER_MAX_MODELS), the request's own last, so none of them is evicted."""
         width, height = request.output_size
         with out_of_memory_as_error(self.device, f"{width}x{height}, batch {request.batch_size}"):
-            model, options = self._request_options(request)
-            hires_model = model
+            refiner = self._refiner(request)
+            hires_model = None
             if hires_checkpoint:
                 hires_model = self.model_for(self.find_checkpoint(hires_checkpoint, "hr_checkpoint_name"))
-                self.vaes.apply(hires_model, options.sd_vae, "override_settings.sd_vae")
+            model, options = self._request_options(request)
+            if hires_model is None:
+                hires_model = model
+            else:
+                self._apply_vae(hires_model, options.sd_vae, "override_settings.sd_vae")
             try:
-                generation = operation(model, options, hires_model)
+                generation = operation(model, options, hires_model, refiner)
             finally:
-                for used in (model,) if hires_model is model else (model, hires_model):
+                for used in {id(m): m for m in (model, hires_model, refiner) if m is not None}.values():
                     used.loras.deactivate()  # the next request starts from the base model
         if not request.override_settings_restore_afterwards:
             self.options = _selecting(options, model.checkpoint)
@@ -143,22 +153,29 @@ class Engine:
             return None
         return self.faces.find(options.face_restoration_model, "restore_faces").with_weight(options.code_former_weight)
 
+    def _refiner(self, request: GenerationRequest) -> LoadedModel | None:
+        """refiner_checkpoint's model, loaded (A1111 reads "None" and "" as none)."""
+        name = request.refiner_checkpoint
+        if name in (None, "", "None", "none"):
+            return None
+        return self.model_for(self.find_checkpoint(name, "refiner_checkpoint"))
+
     def txt2img(self, request: Txt2ImgRequest, firstpass_image: Image.Image | None = None) -> Generation:
-        return self._generate(request, lambda model, options, hires_model: txt2img(
+        return self._generate(request, lambda model, options, hires_model, refiner: txt2img(
             model, request, options, self.upscalers, self.progress, self._face_restorer(request, options),
-            hires_model, firstpass_image), request.hires_checkpoint)
+            hires_model, firstpass_image, refiner), request.hires_checkpoint)
 
     def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None,
                 latent_mask: Image.Image | None = None) -> Generation:
-        return self._generate(request, lambda model, options, hires_model: img2img(
+        return self._generate(request, lambda model, options, hires_model, refiner: img2img(
             model, request, options, init_images, mask, self.progress, self._face_restorer(request, options),
-            latent_mask))
+            latent_mask, refiner=refiner))
 
     def sd_upscale(self, request: Img2ImgRequest, image: Image.Image, upscaler: str) -> Generation:
         """A1111's "SD upscale" script (request.script): `image` upscaled with `upscaler`, redrawn in tiles."""
-        return self._generate(request, lambda model, options, hires_model: sd_upscale(
+        return self._generate(request, lambda model, options, hires_model, refiner: sd_upscale(
             model, request, options, image, upscaler, self.upscalers, self.progress,
-            self._face_restorer(request, options)))
+            self._face_restorer(request, options), refiner))
 
     def extras(self, request: ExtrasRequest, images: list[Image.Image]) -> Extras:
         """Upscale images and restore faces (A1111's extra-single-image / extra-batch-images), in the server
@@ -180,7 +197,7 @@ class Engine:
         with out_of_memory_as_error(self.device, f"loading {checkpoint.name}"):
             model = self.model_for(checkpoint)
             _check_against_model(options, model)
-            self.vaes.find(options.sd_vae, model, "sd_vae")  # validated and loaded; generations apply it
+            self.vaes.find(options.sd_vae, checkpoint, model.architecture, "sd_vae")  # validated, loaded; applied later
         self.options = _selecting(options, checkpoint)
 
     def refresh_checkpoints(self) -> None:

@@ -75,7 +75,8 @@ def sd_modules(engine: Engine, payload: dict, destination) -> list[dict[str, str
 
 def embeddings(engine: Engine, payload: dict, destination) -> dict[str, dict]:
     """Loaded: the embeddings that fit the current checkpoint's text encoder; skipped: the others."""
-    return engine.embeddings.listing(engine.model.encoder.embedding_width)
+    encoder = engine.model.encoder
+    return engine.embeddings.listing(encoder.embedding_width, encoder.embedding_keys)
 
 
 def scripts(engine: Engine, payload: dict, destination) -> dict[str, list[str]]:

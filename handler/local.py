@@ -15,7 +15,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from engine.store.loading import UnsupportedCheckpoint
+from engine.families import UnsupportedCheckpoint
 from engine.store.models_dir import ModelsDirError
 from engine.runtime import Engine
 

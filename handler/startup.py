@@ -38,7 +38,7 @@ def start_engine(beside: tuple[str, ...] = ()) -> Engine:
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             imported = [pool.submit(importlib.import_module, name) for name in beside]
-            from engine.store.loading import UnsupportedCheckpoint
+            from engine.families import UnsupportedCheckpoint
             from engine.store.models_dir import ModelsDirError
             from engine.runtime import Engine
 

@@ -40,7 +40,6 @@ class GenerationRequest(BaseModel):
     # Fields accepted but not implemented yet: a value outside these is refused, never dropped.
     # Subclasses add their own; an issue that implements one removes it here.
     not_implemented: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "refiner_checkpoint": (None, "", "None"),
         "alwayson_scripts": (None, {}),
         "save_images": (False,),
     }

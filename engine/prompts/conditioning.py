@@ -1,18 +1,26 @@
 """Prompt conditioning as A1111 computes it: emphasis weights, 75-token chunks, BREAK, clip skip,
-prompt editing and alternation per step, AND sub-prompts, textual-inversion embeddings.
+prompt editing and alternation per step, AND sub-prompts, textual-inversion embeddings, over every
+text encoder of the model's family (engine/families).
 
-A prompt becomes a `Conditioning`: for each AND sub-prompt, its weight and its step schedule of
-text-encoder outputs; the negative prompt becomes a schedule too (AND does not apply to it).
+A prompt is parsed and chunked once; each chunk is encoded by each text encoder, and their outputs are
+concatenated (SDXL: CLIP-L's 768 + OpenCLIP-bigG's 1280). A prompt becomes a `Conditioning`: for each
+AND sub-prompt, its weight and its step schedule of `TextCondition`s (the context and the denoiser's
+other per-prompt inputs, e.g. SDXL's pooled embedding and size ids); the negative prompt becomes a
+schedule too (AND does not apply to it).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 
+from schemas import Options
+
+from ..families import TextEncoderSpec
 from .embeddings import Embedding, Embeddings, EmbeddingVector, vectors_at
 from .parser import parse_attention, prompt_schedules, split_and
 
@@ -25,33 +33,61 @@ PLACEHOLDER_ID = 0  # the token id at an embedding vector's position (its token 
 Token = int | EmbeddingVector  # a chunk position: a token id, or an embedding's vector
 
 
+@dataclass(frozen=True)
+class ConditioningParams:
+    """What conditioning depends on besides the text: the pass's size and the options that shape it."""
+
+    width: int
+    height: int
+    clip_skip: int = 1  # CLIP_stop_at_last_layers
+    clip_l_skip: bool = False  # sdxl_clip_l_skip: CLIP skip applies to SDXL's CLIP-L
+    crop_top: int = 0  # sdxl_crop_top / sdxl_crop_left
+    crop_left: int = 0
+    aesthetic_score: float = 6.0  # sdxl_refiner_high_aesthetic_score (prompt) / low (negative prompt)
+    aesthetic_score_negative: float = 2.5
+
+    @classmethod
+    def of(cls, options: Options, width: int, height: int) -> ConditioningParams:
+        return cls(width, height, options.CLIP_stop_at_last_layers, options.sdxl_clip_l_skip, options.sdxl_crop_top,
+                   options.sdxl_crop_left, options.sdxl_refiner_high_aesthetic_score,
+                   options.sdxl_refiner_low_aesthetic_score)
+
+
+@dataclass(frozen=True)
+class TextCondition:
+    """One text as the denoiser takes it: the context (1, 77 * chunks, width) and its other per-prompt inputs."""
+
+    context: torch.Tensor
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # SDXL: text_embeds, time_ids; each (1, ...)
+
+
 @dataclass
 class Schedule:
-    """Text-encoder outputs over sampling: entry i applies up to and including step `ends[i]`."""
+    """Conditions over sampling: entry i applies up to and including step `ends[i]`."""
 
     ends: list[int]
-    embeddings: list[torch.Tensor]  # each (1, 77 * chunks, dim)
+    conditions: list[TextCondition]
     textual_inversions: tuple[Embedding, ...] = ()  # the embeddings its prompts use
 
-    def at(self, step: int) -> torch.Tensor:
-        """The embedding for a 0-based sampling step, i.e. the 1-based step `step + 1` of the schedule."""
-        for end, embedding in zip(self.ends, self.embeddings):
+    def at(self, step: int) -> TextCondition:
+        """The condition for a 0-based sampling step, i.e. the 1-based step `step + 1` of the schedule."""
+        for end, condition in zip(self.ends, self.conditions):
             if step < end:
-                return embedding
-        return self.embeddings[-1]
+                return condition
+        return self.conditions[-1]
 
 
 @dataclass
 class Conditioning:
     uncond: Schedule
     conds: list[tuple[float, Schedule]]  # AND sub-prompts with their weights
-    empty: torch.Tensor  # the empty prompt's encoding, (1, 77, dim): padding for shorter tensors
+    empty: torch.Tensor  # the empty prompt's context, (1, 77, width): padding for shorter contexts
 
-    def at(self, step: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(uncond, conds) for a step, padded to the same number of chunks with the empty prompt."""
-        tensors = [self.uncond.at(step)] + [schedule.at(step) for _, schedule in self.conds]
-        length = max(t.shape[1] for t in tensors)
-        padded = [self._pad(t, length) for t in tensors]
+    def at(self, step: int) -> tuple[TextCondition, list[TextCondition]]:
+        """(uncond, conds) for a step, contexts padded to the same number of chunks with the empty prompt's."""
+        conditions = [self.uncond.at(step)] + [schedule.at(step) for _, schedule in self.conds]
+        length = max(c.context.shape[1] for c in conditions)
+        padded = [TextCondition(self._pad(c.context, length), c.inputs) for c in conditions]
         return padded[0], padded[1:]
 
     def _pad(self, tensor: torch.Tensor, length: int) -> torch.Tensor:
@@ -70,66 +106,89 @@ class Conditioning:
 
 
 class Encoding(NamedTuple):
-    tensor: torch.Tensor  # (1, 77 * chunks, dim)
+    context: torch.Tensor  # (1, 77 * chunks, width): the text encoders' outputs side by side
+    pooled: torch.Tensor | None  # (1, projection width) of the first chunk, from the encoder that pools (SDXL)
     textual_inversions: tuple[Embedding, ...]  # the embeddings the text uses, in order
 
 
 CACHED_ENCODINGS = 64  # recent (text, clip skip, adapters) encodings kept: repeats within and across requests
 
 
+DenoiserInputs = Callable[[torch.Tensor | None, ConditioningParams, bool], dict[str, torch.Tensor]]
+
+
 @dataclass
 class PromptEncoder:
-    """Encodes A1111 prompts with a CLIP tokenizer and text encoder; keeps recent encodings."""
+    """Encodes A1111 prompts with a CLIP tokenizer and the family's text encoders; keeps recent encodings."""
 
     tokenizer: object
-    text_encoder: torch.nn.Module
+    encoders: list[tuple[TextEncoderSpec, torch.nn.Module]]  # in the order their outputs are concatenated
     embeddings: Embeddings = field(default_factory=Embeddings)
-    adapters: tuple = ()  # the text encoder's active LoRA adapters and weights (prompts/lora.py): in the cache key
+    denoiser_inputs: DenoiserInputs = lambda pooled, params, negative: {}  # the family's, for this model's UNet
+    zero_empty_negative: bool = False  # an empty negative prompt conditions as zeros (SDXL)
+    adapters: tuple = ()  # the text encoders' active LoRA adapters and weights (prompts/lora.py): in the cache key
     _cache: OrderedDict = field(default_factory=OrderedDict)
 
-    def conditioning(self, prompt: str, negative_prompt: str, steps: int, clip_skip: int) -> Conditioning:
-        conds = [(weight, self.schedule(text, steps, clip_skip)) for text, weight in split_and(prompt)]
-        return Conditioning(self.schedule(negative_prompt, steps, clip_skip), conds, self.encode("", clip_skip))
+    def conditioning(self, prompt: str, negative_prompt: str, steps: int, params: ConditioningParams) -> Conditioning:
+        conds = [(weight, self.schedule(text, steps, params)) for text, weight in split_and(prompt)]
+        return Conditioning(self.schedule(negative_prompt, steps, params, negative=True), conds,
+                            self.encode("", params))
 
-    def schedule(self, prompt: str, steps: int, clip_skip: int) -> Schedule:
+    def schedule(self, prompt: str, steps: int, params: ConditioningParams, negative: bool = False) -> Schedule:
         entries = prompt_schedules(prompt, steps)
-        encodings = [self.encoding(text, clip_skip) for _, text in entries]
+        encodings = [self.encoding(text, params) for _, text in entries]
+        zeroed = negative and self.zero_empty_negative and all(text == "" for _, text in entries)
+        conditions = [self._condition(encoding, params, negative, zeroed) for encoding in encodings]
         used = {e.name: e for encoding in encodings for e in encoding.textual_inversions}
-        return Schedule([end for end, _ in entries], [e.tensor for e in encodings], tuple(used.values()))
+        return Schedule([end for end, _ in entries], conditions, tuple(used.values()))
 
-    def encode(self, text: str, clip_skip: int = 1) -> torch.Tensor:
-        """(1, 77 * chunks, dim): each 75-token chunk encoded on its own, weighted, then concatenated."""
-        return self.encoding(text, clip_skip).tensor
+    def _condition(self, encoding: Encoding, params: ConditioningParams, negative: bool,
+                   zeroed: bool) -> TextCondition:
+        context, pooled = encoding.context, encoding.pooled
+        if zeroed:  # as SDXL's conditioner forces it: the text's outputs are zeros, the size ids stay
+            context = torch.zeros_like(context)
+            pooled = torch.zeros_like(pooled) if pooled is not None else None
+        return TextCondition(context, self.denoiser_inputs(pooled, params, negative))
+
+    def encode(self, text: str, params: ConditioningParams | None = None) -> torch.Tensor:
+        """(1, 77 * chunks, width): each 75-token chunk encoded on its own, weighted, then concatenated."""
+        return self.encoding(text, params).context
 
     @torch.inference_mode()
-    def encoding(self, text: str, clip_skip: int = 1) -> Encoding:
-        key = (text, clip_skip, self.embeddings.version, self.adapters)
+    def encoding(self, text: str, params: ConditioningParams | None = None) -> Encoding:
+        clip_skip, clip_l_skip = (params.clip_skip, params.clip_l_skip) if params else (1, False)
+        key = (text, clip_skip, clip_l_skip, self.embeddings.version, self.adapters)
         if key in self._cache:
             self._cache.move_to_end(key)
         else:
             chunks = self.chunks(text)
-            tensor = torch.cat([self._encode_chunk(tokens, weights, clip_skip) for tokens, weights in chunks], dim=1)
+            encoded = [self._encode_chunk(tokens, weights, clip_skip, clip_l_skip) for tokens, weights in chunks]
             used = {t.embedding.name: t.embedding for tokens, _ in chunks for t in tokens
                     if isinstance(t, EmbeddingVector)}
-            self._cache[key] = Encoding(tensor, tuple(used.values()))
+            self._cache[key] = Encoding(torch.cat([context for context, _ in encoded], dim=1), encoded[0][1],
+                                        tuple(used.values()))
             if len(self._cache) > CACHED_ENCODINGS:
                 self._cache.popitem(last=False)
         return self._cache[key]
 
     @property
     def layer_count(self) -> int:
-        """The text encoder's transformer layers: the deepest clip skip it allows."""
-        return self.text_encoder.config.num_hidden_layers
+        """The first text encoder's transformer layers: the deepest clip skip it allows."""
+        return self.encoders[0][1].config.num_hidden_layers
 
     @property
     def embedding_width(self) -> int:
-        """The width of the text encoder's token embeddings, which an embedding's vectors must have."""
-        return self.text_encoder.get_input_embeddings().embedding_dim
+        """The width an embedding's vectors must have: the text encoders' token embedding widths together."""
+        return sum(encoder.get_input_embeddings().embedding_dim for _, encoder in self.encoders)
+
+    @property
+    def embedding_keys(self) -> tuple[str | None, ...]:
+        return tuple(spec.embedding_key for spec, _ in self.encoders)
 
     def chunks(self, text: str) -> list[tuple[list[Token], list[float]]]:
         """Token ids (or embedding vectors) and weights per chunk, each padded to 77 with BOS/EOS."""
         fragments = parse_attention(text)
-        embeddings = self.embeddings.lookup(self.tokenizer, self.embedding_width)
+        embeddings = self.embeddings.lookup(self.tokenizer, self.embedding_width, self.embedding_keys)
         tokenized = self.tokenizer([t for t, w in fragments], add_special_tokens=False, truncation=False,
                                    verbose=False).input_ids
         comma = self.tokenizer.convert_tokens_to_ids(",</w>")
@@ -181,24 +240,49 @@ class PromptEncoder:
         padding = CHUNK_TOKENS - len(tokens)
         return [bos, *tokens, *[eos] * padding, eos], [1.0, *weights, *[1.0] * padding, 1.0]
 
-    def _encode_chunk(self, tokens: list[Token], weights: list[float], clip_skip: int) -> torch.Tensor:
+    def _encode_chunk(self, tokens: list[Token], weights: list[float], clip_skip: int,
+                      clip_l_skip: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(context, pooled) of one chunk: each encoder's output weighted on its own, side by side."""
+        outputs = [self._encode_with(spec, encoder, tokens, weights, clip_skip, clip_l_skip)
+                   for spec, encoder in self.encoders]
+        pooled = next((pooled for pooled in (p for _, p in outputs) if pooled is not None), None)
+        return torch.cat([hidden for hidden, _ in outputs], dim=-1), pooled
+
+    def _encode_with(self, spec: TextEncoderSpec, encoder: torch.nn.Module, tokens: list[Token], weights: list[float],
+                     clip_skip: int, clip_l_skip: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A1111's "Original" emphasis: scale each token's vector by its weight, keep the chunk's mean.
         Embedding vectors replace the token embeddings at their positions."""
-        device = self.text_encoder.device
-        ids = torch.tensor([[t if isinstance(t, int) else PLACEHOLDER_ID for t in tokens]], device=device)
-        vectors = {i: t.tensor for i, t in enumerate(tokens) if isinstance(t, EmbeddingVector)}
-        with vectors_at(self.text_encoder.get_input_embeddings(), vectors):
-            output = self.text_encoder(ids, output_hidden_states=clip_skip > 1)
-        if clip_skip > 1:  # the hidden state clip_skip layers from the end, through the final norm
-            hidden = _final_layer_norm(self.text_encoder)(output.hidden_states[-clip_skip])
-        else:
-            hidden = output.last_hidden_state
+        device = encoder.device
+        ids = [t if isinstance(t, int) else PLACEHOLDER_ID for t in tokens]
+        if spec.pad_with_zero:  # OpenCLIP pads after the first end token with 0
+            end = ids.index(self.tokenizer.eos_token_id, 1)
+            ids = ids[:end + 1] + [0] * (len(ids) - end - 1)
+        vectors = {i: t.embedding.part(spec.embedding_key)[t.index] for i, t in enumerate(tokens)
+                   if isinstance(t, EmbeddingVector)}
+        with vectors_at(encoder.get_input_embeddings(), vectors):
+            output = encoder(torch.tensor([ids], device=device), output_hidden_states=True)
+        hidden = _hidden_state(spec, encoder, output, clip_skip, clip_l_skip)
+        pooled = output.text_embeds if spec.pooled else None
         if all(w == 1.0 for w in weights):
-            return hidden
+            return hidden, pooled
         scale = torch.tensor(weights, device=device, dtype=hidden.dtype).reshape(1, -1, 1)
         original_mean = hidden.mean()
         weighted = hidden * scale
-        return weighted * (original_mean / weighted.mean())
+        return weighted * (original_mean / weighted.mean()), pooled
+
+
+def _hidden_state(spec: TextEncoderSpec, encoder: torch.nn.Module, output, clip_skip: int,
+                  clip_l_skip: bool) -> torch.Tensor:
+    """The layer A1111 takes: SD 1.x the output, or with CLIP skip the hidden state clip_skip layers from the end
+    through the final norm; SDXL the penultimate hidden state, or with sdxl_clip_l_skip CLIP-L's hidden state
+    clip_skip layers from the end (without the norm)."""
+    if spec.clip_skip_option == "":
+        if clip_skip > 1:
+            return _final_layer_norm(encoder)(output.hidden_states[-clip_skip])
+        return output.last_hidden_state
+    if spec.clip_skip_option is not None and clip_l_skip:
+        return output.hidden_states[-clip_skip]
+    return output.hidden_states[-2] if spec.penultimate else output.last_hidden_state
 
 
 def _final_layer_norm(text_encoder: torch.nn.Module) -> torch.nn.Module:

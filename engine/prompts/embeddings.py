@@ -4,12 +4,14 @@ An embedding is triggered by its file name (without extension) in a prompt: the 
 matched against the tokens of the name, so case does not matter ("easynegative" triggers EasyNegative.pt).
 Its n vectors take n token positions of the 75-token chunk (moving whole to the next chunk when they
 don't fit), carry the emphasis weight of the text around them, and stand in for token embeddings at the
-text encoder's input. An embedding whose vector width is not the text encoder's is listed as skipped.
+text encoders' input: an SDXL embedding's `clip_l` vectors at CLIP-L's, its `clip_g` at OpenCLIP's. An
+embedding that does not fit the checkpoint's text encoders (another family's) is listed as skipped, and
+naming it in a prompt is an error (engine/tasks/job.py).
 
 Files are read on first use and again after `refresh()`. Accepted layouts (as A1111 reads them):
 A1111's training output {"string_to_param": {"*": (n, width)}, "step", "sd_checkpoint", ...} (.pt);
 a single tensor under any key, e.g. {"emb_params": (n, width)} (.safetensors) or a diffusers concept
-{"<token>": (width,)} (.bin); SDXL's {"clip_g", "clip_l"} (width 1280 + 768: always skipped on SD 1.x).
+{"<token>": (width,)} (.bin); SDXL's {"clip_g", "clip_l"} (width 1280 + 768).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 class Embedding:
     name: str
     path: Path
-    vectors: torch.Tensor  # (n, width), float32 on the CPU
+    parts: dict[str, torch.Tensor]  # (n, width) float32 on the CPU, by text encoder ("clip_l", "clip_g"; "": any)
     short_hash: str
     step: int | None = None
     sd_checkpoint: str | None = None
@@ -47,10 +49,19 @@ class Embedding:
 
     @property
     def width(self) -> int:
-        return self.vectors.shape[-1]
+        """The vectors' widths together (A1111's `shape`: 2048 for SDXL's clip_l and clip_g)."""
+        return sum(part.shape[-1] for part in self.parts.values())
 
     def __len__(self) -> int:
-        return self.vectors.shape[0]
+        return next(iter(self.parts.values())).shape[0]
+
+    def part(self, key: str | None) -> torch.Tensor:
+        """The vectors for the text encoder that takes `key` (None: the single tensor of a one-encoder embedding)."""
+        return self.parts[key or ""]
+
+    def fits(self, keys: tuple[str | None, ...]) -> bool:
+        """Whether it has vectors for each of these text encoders, and for no other."""
+        return set(self.parts) == {key or "" for key in keys}
 
     def listing(self) -> dict[str, Any]:
         """An item of A1111's /sdapi/v1/embeddings."""
@@ -65,10 +76,6 @@ class EmbeddingVector:
     embedding: Embedding
     index: int
 
-    @property
-    def tensor(self) -> torch.Tensor:
-        return self.embedding.vectors[self.index]
-
 
 def read_embedding(models_dir: Path, path: Path) -> Embedding:
     """One embedding file; ValueError (or the reader's error) when it is not one."""
@@ -78,28 +85,33 @@ def read_embedding(models_dir: Path, path: Path) -> Embedding:
         data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or not data:
         raise ValueError("not a dictionary of tensors")
-    vectors = _vectors(data).detach().to(torch.float32)
-    if vectors.ndim == 1:
-        vectors = vectors[None]
-    if vectors.ndim != 2 or not 0 < len(vectors) <= MAX_VECTORS:
-        raise ValueError(f"vectors of shape {tuple(vectors.shape)}; expected 1 to {MAX_VECTORS} vectors")
-    return Embedding(path.stem, path, vectors, sha256_of(models_dir, path)[:SHORT_HASH], data.get("step"),
+    parts = {}
+    for key, vectors in _parts(data).items():
+        vectors = vectors.detach().to(torch.float32)
+        if vectors.ndim == 1:
+            vectors = vectors[None]
+        if vectors.ndim != 2 or not 0 < len(vectors) <= MAX_VECTORS:
+            raise ValueError(f"vectors of shape {tuple(vectors.shape)}; expected 1 to {MAX_VECTORS} vectors")
+        parts[key] = vectors
+    if len({len(vectors) for vectors in parts.values()}) > 1:
+        raise ValueError("clip_l and clip_g hold different numbers of vectors")
+    return Embedding(path.stem, path, parts, sha256_of(models_dir, path)[:SHORT_HASH], data.get("step"),
                      data.get("sd_checkpoint"), data.get("sd_checkpoint_name"))
 
 
-def _vectors(data: dict) -> torch.Tensor:
+def _parts(data: dict) -> dict[str, torch.Tensor]:
     if "string_to_param" in data:
         params = data["string_to_param"]
         params = getattr(params, "_parameters", params)  # a pickled ParameterDict
         if len(params) != 1:
             raise ValueError("holds several embeddings")
-        return next(iter(params.values()))
+        return {"": next(iter(params.values()))}
     if "clip_g" in data and "clip_l" in data:
-        return torch.cat([data["clip_g"], data["clip_l"]], dim=-1)
+        return {"clip_l": data["clip_l"], "clip_g": data["clip_g"]}
     tensors = [value for value in data.values() if isinstance(value, torch.Tensor)]
     if len(data) != 1 or len(tensors) != 1:
         raise ValueError("neither an A1111 textual-inversion embedding nor a single-tensor (diffusers) one")
-    return tensors[0]
+    return {"": tensors[0]}
 
 
 def read_embeddings(models_dir: Path) -> dict[str, Embedding]:
@@ -116,23 +128,36 @@ def read_embeddings(models_dir: Path) -> dict[str, Embedding]:
     return found
 
 
-class Lookup:
-    """Embeddings of one text encoder's width, found by the CLIP tokens of their names."""
+class ForeignEmbedding(ValueError):
+    """A prompt names an embedding made for another model family's text encoders."""
 
-    def __init__(self, embeddings: Iterable[Embedding], tokenizer, width: int):
-        self.width = width
+    def __init__(self, embedding: Embedding, width: int):
+        widths = " + ".join(f"{key or 'vectors'} {part.shape[-1]}" for key, part in embedding.parts.items())
+        super().__init__(f"embedding {embedding.name!r} ({widths} wide) is for another model family: this "
+                         f"checkpoint's text encoders take {width}-wide vectors")
+
+
+class Lookup:
+    """Embeddings found by the CLIP tokens of their names; those that don't fit a model's text encoders (their keys
+    and widths) are found too, so that naming one is an error rather than plain text."""
+
+    def __init__(self, embeddings: Iterable[Embedding], tokenizer, width: int, keys: tuple[str | None, ...]):
+        self.width, self.keys = width, keys
         self._by_first: dict[int, list[tuple[list[int], Embedding]]] = {}
         for embedding in embeddings:
             ids = tokenizer(embedding.name, add_special_tokens=False).input_ids
-            if ids and embedding.width == width:
+            if ids:
                 self._by_first.setdefault(ids[0], []).append((ids, embedding))
         for candidates in self._by_first.values():
             candidates.sort(key=lambda candidate: len(candidate[0]), reverse=True)  # the longest name wins
 
     def find(self, tokens: list[int], position: int) -> tuple[Embedding, int] | None:
-        """The embedding whose name's tokens start at `position`, and how many tokens the name has."""
+        """The embedding whose name's tokens start at `position`, and how many tokens the name has; ForeignEmbedding
+        for one that doesn't fit."""
         for ids, embedding in self._by_first.get(tokens[position], ()):
             if tokens[position:position + len(ids)] == ids:
+                if embedding.width != self.width or not embedding.fits(self.keys):
+                    raise ForeignEmbedding(embedding, self.width)
                 return embedding, len(ids)
         return None
 
@@ -158,17 +183,18 @@ class Embeddings:
         self._lookups.clear()
         self.version += 1
 
-    def lookup(self, tokenizer, width: int) -> Lookup:
+    def lookup(self, tokenizer, width: int, keys: tuple[str | None, ...] = (None,)) -> Lookup:
         lookup = self._lookups.get(tokenizer)
-        if lookup is None or lookup.width != width:
-            lookup = self._lookups[tokenizer] = Lookup(self.all.values(), tokenizer, width)
+        if lookup is None or (lookup.width, lookup.keys) != (width, keys):
+            lookup = self._lookups[tokenizer] = Lookup(self.all.values(), tokenizer, width, keys)
         return lookup
 
-    def listing(self, width: int) -> dict[str, dict[str, dict[str, Any]]]:
-        """A1111's /sdapi/v1/embeddings for a text encoder of `width`: loaded and skipped, by name."""
+    def listing(self, width: int, keys: tuple[str | None, ...] = (None,)) -> dict[str, dict[str, dict[str, Any]]]:
+        """A1111's /sdapi/v1/embeddings for text encoders of `width` taking `keys`: loaded and skipped, by name."""
         ordered = sorted(self.all.values(), key=lambda e: e.name.lower())
-        return {"loaded": {e.name: e.listing() for e in ordered if e.width == width},
-                "skipped": {e.name: e.listing() for e in ordered if e.width != width}}
+        fits = {e.name: e.width == width and e.fits(keys) for e in ordered}
+        return {"loaded": {e.name: e.listing() for e in ordered if fits[e.name]},
+                "skipped": {e.name: e.listing() for e in ordered if not fits[e.name]}}
 
 
 def ti_hashes(embeddings: Iterable[Embedding]) -> str:

@@ -8,11 +8,14 @@ subfolders) or by its alias, the `ss_output_name` in its metadata; an alias two 
 
 A pipeline keeps the last few LoRAs it loaded (WORKER_MAX_LORAS, default 8) as unfused adapters and
 switches between them per sampling pass; with none active its layers compute exactly the base model.
+A LoRA made for another model family (its cross-attention width or text encoders differ from the
+checkpoint's) is an error naming it, where A1111 would skip it silently.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -33,7 +36,9 @@ from ..settings import DEFAULT_MAX_LORAS
 
 LORA_SUBDIR = "Lora"
 LORA_SUFFIX = ".safetensors"
-COMPONENTS = ("unet", "text_encoder")  # the pipeline parts a LoRA can change, and their tag weights' order
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # the pipeline parts a LoRA's te weight applies to
+# the cross-attention width a LoRA's UNet layers take, by the family they were trained for
+_FAMILY_BY_CONTEXT = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL", 1280: "the SDXL refiner"}
 _METADATA_ORDER = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3, "ss_num_train_images": 10,
                    "ss_tag_frequency": 20}  # A1111 lists these metadata keys first, in this order
 
@@ -128,9 +133,10 @@ class LoraAdapters:
     The prompt encoder learns the active text-encoder adapters, so its cache never mixes encodings.
     """
 
-    def __init__(self, pipe, encoder, library: LoraLibrary, capacity: int | None = None):
+    def __init__(self, pipe, encoder, library: LoraLibrary, family_name: str, capacity: int | None = None):
         """`capacity`: the LoRAs kept loaded (default: the library's, WORKER_MAX_LORAS)."""
-        self.pipe, self.encoder, self.library = pipe, encoder, library
+        self.pipe, self.encoder, self.library, self.family_name = pipe, encoder, library, family_name
+        self.components = ("unet", *(name for name in TEXT_ENCODERS if getattr(pipe, name, None) is not None))
         self.capacity = capacity or library.capacity
         self._adapters: OrderedDict[tuple, Adapter] = OrderedDict()  # by file version, least recent first
         self._names = (f"lora{i}" for i in itertools.count())
@@ -157,12 +163,12 @@ class LoraAdapters:
         for tag, lora in resolved:
             adapter = self._adapter(lora, tag.field, keep)
             summed = weights.setdefault(adapter, dict.fromkeys(adapter.components, 0.0))
-            for component, weight in zip(COMPONENTS, (tag.unet_weight, tag.te_weight)):
-                if component in summed:
-                    summed[component] += weight
+            for component in summed:
+                summed[component] += tag.unet_weight if component == "unet" else tag.te_weight
         self.pipe.enable_lora()
         self.pipe.set_adapters([a.name for a in weights], list(weights.values()))
-        self.encoder.adapters = tuple((a.name, w["text_encoder"]) for a, w in weights.items() if "text_encoder" in w)
+        self.encoder.adapters = tuple((a.name, next(w[c] for c in TEXT_ENCODERS if c in w))
+                                      for a, w in weights.items() if any(c in w for c in TEXT_ENCODERS))
         return resolved
 
     def deactivate(self) -> None:
@@ -184,6 +190,7 @@ class LoraAdapters:
         return self._adapters[version]
 
     def _load(self, lora: LoraFile, field: str) -> Adapter:
+        self._check_family(lora, field)
         name = next(self._names)
         try:
             with _quiet_transformers():
@@ -195,16 +202,47 @@ class LoraAdapters:
             raise RequestError(field, f"LoRA {lora.name!r} ({lora.path}) could not be loaded: "
                                       f"{describe_error(error)}") from None
         listed = self.pipe.get_list_adapters()
-        components = tuple(c for c in COMPONENTS if name in listed.get(c, ()))
+        components = tuple(c for c in self.components if name in listed.get(c, ()))
         if not components:
             self._delete(name)
             raise RequestError(field, f"LoRA {lora.name!r} ({lora.path}) has no layers this checkpoint has "
                                       "(a LoRA for another model family?)")
         return Adapter(name, components)
 
+    def _check_family(self, lora: LoraFile, field: str) -> None:
+        """Refuse a LoRA trained for another family: its UNet's cross-attention width, or its text encoders (kohya's
+        lora_te_ for one, lora_te1_/lora_te2_ for two), differ from the checkpoint's."""
+        width, text_encoders = lora_shape(lora.path)
+        expected = self.pipe.unet.config.cross_attention_dim
+        if width is not None and width != expected:
+            family = _FAMILY_BY_CONTEXT.get(width, "another model family")
+            raise RequestError(field, f"LoRA {lora.name!r} is for {family} (cross-attention width {width}); the "
+                                      f"checkpoint is {self.family_name} (width {expected})")
+        if text_encoders is not None and text_encoders != len(self.components) - 1:
+            raise RequestError(field, f"LoRA {lora.name!r} changes {text_encoders} text encoder(s); the checkpoint "
+                                      f"({self.family_name}) has {len(self.components) - 1}: a LoRA for another "
+                                      "model family")
+
     def _delete(self, name: str) -> None:
         if any(name in names for names in self.pipe.get_list_adapters().values()):
             self.pipe.delete_adapters(name)
+
+
+def lora_shape(path: Path) -> tuple[int | None, int | None]:
+    """(the cross-attention width its UNet layers take, how many text encoders it changes) as far as its keys say
+    (kohya and diffusers/PEFT layouts); None where they don't. Unreadable files: (None, None), the loader reports."""
+    try:
+        with safe_open(path, framework="pt") as weights:
+            keys = list(weights.keys())
+            to_k = next((key for key in keys if re.search(r"attn2[._]to_k\.(lora_down|lora_A)\.weight$", key)), None)
+            width = weights.get_slice(to_k).get_shape()[1] if to_k else None
+    except Exception:  # not safetensors: the loader's error says what is wrong
+        return None, None
+    if any(key.startswith(("lora_te2_", "text_encoder_2.", "lora_te1_")) for key in keys):
+        return width, 2
+    if any(key.startswith(("lora_te_", "text_encoder.")) for key in keys):
+        return width, 1
+    return width, None
 
 
 def lora_hashes(applied: Iterable[tuple[LoraTag, LoraFile]]) -> str:

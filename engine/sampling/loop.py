@@ -49,6 +49,23 @@ def set_schedule(scheduler, length: int, run: int, device) -> torch.Tensor:
 
 
 @dataclass
+class Switch:
+    """A1111's refiner: the same sampling run continues on another model (its UNet and its own conditioning) once
+    `at` of it is done, by the step count (refiner_switch_by_sample_steps) or, by default, by the noise level: the
+    timestep the step's sigma is nearest to, as (999 - timestep) / 1000."""
+
+    unet: torch.nn.Module
+    conditioning: Conditioning
+    at: float
+    by_steps: bool = False
+    switched: bool = False  # set once the run switched
+
+    def due(self, index: int, total: int, timestep: torch.Tensor) -> bool:
+        done = index / total if self.by_steps else (999 - round(float(timestep))) / 1000
+        return done >= self.at
+
+
+@dataclass
 class Guidance:
     """Classifier-free guidance of a sampling pass, with A1111's "negative guidance minimum sigma" (s_min_uncond,
     infotext NGMS): every other model evaluation (the odd ones) whose noise level is below s_min_uncond runs
@@ -82,12 +99,14 @@ def _step_kwargs(scheduler, generators, eta: float) -> dict:
 @torch.inference_mode()
 def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, conditioning: Conditioning,
             guidance: Guidance, generators: list[torch.Generator], eta: float = 0.0,
-            inpainting: Inpainting | None = None, progress: Progress | None = None) -> torch.Tensor:
+            inpainting: Inpainting | None = None, progress: Progress | None = None,
+            switch: Switch | None = None) -> torch.Tensor:
     """Run `timesteps` from `latents` (already noised to the first timestep's level).
 
-    `eta` goes to schedulers whose step takes it (DDIM); schedulers with A1111's churn (engine/sampling/churn.py) lift
-    the latents before the model evaluates a step. Reports each step to `progress` and stops early when it is
-    interrupted or skipped.
+    `eta` goes to schedulers whose step takes it (DDIM); schedulers with A1111's churn (engine/sampling/churn.py)
+    lift the latents before the model evaluates a step. The text context and the family's other per-prompt inputs
+    (SDXL's pooled embedding and size ids) go to the UNet with each evaluation; `switch` moves the run to another
+    model part way. Reports each step to `progress` and stops early when it is interrupted or skipped.
     """
     batch = latents.shape[0]
     step_kwargs = _step_kwargs(scheduler, generators, eta)
@@ -97,17 +116,22 @@ def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, con
             if progress.stopping:
                 break
             progress.step(index, len(timesteps))
+        if switch is not None and not switch.switched and switch.due(index, len(timesteps), timestep):
+            unet, conditioning, switch.switched = switch.unet, switch.conditioning, True
         if churn is not None:
             latents, timestep = churn(latents, timestep, generators)
         uncond, conds = conditioning.at(index // scheduler.order)
         skip_uncond = guidance.skips_uncond(index, scheduler, timestep)
-        contexts = conds if skip_uncond else (uncond, *conds)
-        parts = len(contexts)
+        conditions = conds if skip_uncond else (uncond, *conds)
+        parts = len(conditions)
         model_input = scheduler.scale_model_input(torch.cat([latents] * parts), timestep)
         if inpainting is not None and inpainting.unet_extra is not None:
             model_input = torch.cat([model_input, inpainting.unet_extra.repeat(parts, 1, 1, 1)], dim=1)
-        context = torch.cat([c.expand(batch, -1, -1) for c in contexts]).to(unet.dtype)
-        predictions = unet(model_input.to(unet.dtype), timestep, encoder_hidden_states=context).sample.float()
+        context = torch.cat([c.context.expand(batch, -1, -1) for c in conditions]).to(unet.dtype)
+        added = {key: torch.cat([c.inputs[key].expand(batch, -1) for c in conditions]).to(unet.dtype)
+                 for key in conditions[0].inputs}
+        predictions = unet(model_input.to(unet.dtype), timestep, encoder_hidden_states=context,
+                           added_cond_kwargs=added or None).sample.float()
         guided = _guided(predictions.chunk(parts), conditioning.weights, guidance.cfg_scale, skip_uncond)
         latents = scheduler.step(guided, timestep, latents, **step_kwargs).prev_sample
         if inpainting is not None and inpainting.unet_extra is None:

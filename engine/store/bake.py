@@ -252,7 +252,8 @@ def _convert(checkpoint: Checkpoint) -> None:
     from safetensors import SafetensorError
 
     from .converted import usable_conversion, write_conversion
-    from .loading import UnsupportedCheckpoint, load_single_file, stored_dtype
+    from ..families import UnsupportedCheckpoint
+    from .loading import detect_architecture, load_single_file, stored_dtype
 
     if usable_conversion(checkpoint):
         print(f"converted already: {checkpoint.name}")
@@ -264,7 +265,8 @@ def _convert(checkpoint: Checkpoint) -> None:
         print(f"not converted: {checkpoint.name}: not a safetensors file ({error})")
         return
     try:
-        pipe = load_single_file(checkpoint, torch.device("cpu"), dtype or torch.float32)
+        pipe = load_single_file(checkpoint, detect_architecture(checkpoint), torch.device("cpu"),
+                                dtype or torch.float32)
     except UnsupportedCheckpoint as error:
         print(f"not converted: {error}")
         return

@@ -26,7 +26,7 @@ from .models_dir import CHECKPOINT_SUFFIX, Checkpoint
 
 if TYPE_CHECKING:  # imported where used: the worker reads the record before torch is imported
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
 CONVERTED_SUBDIR = ".converted"
 RECORD_FILE = "source.json"
@@ -50,7 +50,7 @@ def usable_conversion(checkpoint: Checkpoint) -> Path | None:
     return record.parent if json.loads(record.read_text()) == _record(checkpoint) else None
 
 
-def write_conversion(checkpoint: Checkpoint, pipe: StableDiffusionPipeline) -> Path:
+def write_conversion(checkpoint: Checkpoint, pipe: DiffusionPipeline) -> Path:
     """Save the loaded checkpoint as its converted folder, replacing any older one (bake time)."""
     target = converted_dir(checkpoint)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -67,23 +67,38 @@ def write_conversion(checkpoint: Checkpoint, pipe: StableDiffusionPipeline) -> P
     return target
 
 
-def load_converted(folder: Path, device: torch.device, dtype: torch.dtype) -> StableDiffusionPipeline:
-    import diffusers
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def load_converted(folder: Path, pipeline_class: type, device: torch.device, dtype: torch.dtype) -> DiffusionPipeline:
+    """The pipeline of `pipeline_class` from its converted folder: each component listed in model_index.json built
+    empty from its config and given the stored weights; tokenizers and the scheduler from their folders."""
+    import importlib
+    import inspect
 
-    with init_empty_weights():  # parameters on the meta device: allocated by nobody, initialised by nobody
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
-    for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+    from accelerate import init_empty_weights
+
+    index = json.loads((folder / "model_index.json").read_text())
+    components: dict = {}
+    for name, entry in index.items():
+        if name.startswith("_"):
+            continue
+        if not isinstance(entry, list):  # a pipeline setting (requires_aesthetics_score, ...)
+            components[name] = entry
+            continue
+        library, class_name = entry
+        if class_name is None or name in ("safety_checker", "feature_extractor", "image_encoder"):
+            components[name] = None
+            continue
+        cls = getattr(importlib.import_module(library), class_name)
+        if name.startswith("tokenizer") or name == "scheduler":
+            components[name] = cls.from_pretrained(folder / name)
+            continue
+        with init_empty_weights():  # parameters on the meta device: allocated by nobody, initialised by nobody
+            module = cls.from_config(cls.load_config(folder / name)) if library == "diffusers" \
+                else cls(cls.config_class.from_pretrained(folder / name))
         _assign_weights(module, folder / name, device, dtype)
-    scheduler_class = getattr(diffusers, json.loads((folder / "model_index.json").read_text())["scheduler"][1])
-    return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"), unet=unet,
-        scheduler=scheduler_class.from_config(scheduler_class.load_config(folder / "scheduler")),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        components[name] = module
+    if "requires_safety_checker" in inspect.signature(pipeline_class.__init__).parameters:
+        components["requires_safety_checker"] = False
+    return pipeline_class(**components)
 
 
 def _assign_weights(module: torch.nn.Module, folder: Path, device: torch.device, dtype: torch.dtype) -> None:

@@ -1,69 +1,65 @@
 """Load a checkpoint from the models directory into a diffusers pipeline, offline.
 
-Single files load from the form `python -m engine.store.bake` converted them into (engine/store/converted.py)
-when it is there and current; otherwise through diffusers' single-file loader with the configs
-shipped in engine/configs (chosen by inspecting the file's tensors, never fetched). Diffusers folders
-load through from_pretrained.
+The checkpoint's family (engine/families) is found from its tensor names (single files) or its
+model_index.json (diffusers folders). Single files load from the form `python -m engine.store.bake`
+converted them into (engine/store/converted.py) when it is there and current; otherwise through
+diffusers' single-file loader with the configs shipped in engine/configs (chosen by the family from
+the file's tensor shapes, never fetched). Diffusers folders load through from_pretrained.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
-from diffusers import StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from safetensors import safe_open
 from transformers import CLIPTokenizer
 
 from ..configs import CLIP_TOKENIZER_DIR, architecture_dir
+from ..families import ModelFamily, UnsupportedCheckpoint, family_of_keys, family_of_pipeline
+from ..families.sd1 import CONV_IN
 from .converted import load_converted, usable_conversion
-from ..families.ldm_format import TEXT_ENCODER_PREFIX, UNET_PREFIX
 from .models_dir import Checkpoint
 
-
-class UnsupportedCheckpoint(ValueError):
-    """The checkpoint is of an architecture this worker can't run (yet)."""
-
-
-# conv_in's output width identifies the SD 1.x family member whose config we ship
-_SD1_BY_WIDTH = {320: "sd15", 32: "tiny-sd15"}
-# conv_in's input channels: 4 latents, or 9 (latents + mask + masked-image latents) for inpainting
-_VARIANT_BY_CHANNELS = {4: "", 9: "-inpainting"}
 _SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
 _OPTIONS = {"local_files_only": True, "safety_checker": None, "feature_extractor": None,
             "requires_safety_checker": False}
+MODEL_INDEX = "model_index.json"
 
 
-def detect_architecture(checkpoint: Checkpoint) -> str:
-    """The shipped config (engine/configs/<name>) matching a single-file checkpoint's tensors."""
+@dataclass(frozen=True)
+class Architecture:
+    """What a checkpoint is: its family and the folder of its component configs (vae/config.json, ...)."""
+
+    family: ModelFamily
+    config_dir: Path
+
+    @property
+    def pipeline_class(self) -> type:
+        return getattr(diffusers, json.loads((self.config_dir / MODEL_INDEX).read_text())["_class_name"])
+
+
+def detect_architecture(checkpoint: Checkpoint) -> Architecture:
+    if not checkpoint.is_single_file:
+        index = json.loads((checkpoint.path / MODEL_INDEX).read_text())
+        return Architecture(family_of_pipeline(index.get("_class_name", "?"), checkpoint.name), checkpoint.path)
     with safe_open(checkpoint.path, framework="pt") as weights:
-        keys = set(weights.keys())
-        conv_in = f"{UNET_PREFIX}input_blocks.0.0.weight"
-        if conv_in not in keys:
-            raise UnsupportedCheckpoint(f"{checkpoint.name}: no Stable Diffusion UNet found in the file")
-        if any(k.startswith("conditioner.embedders.") for k in keys):
-            raise UnsupportedCheckpoint(f"{checkpoint.name}: SDXL checkpoints are not supported yet")
-        if not any(k.startswith(TEXT_ENCODER_PREFIX) for k in keys):
-            raise UnsupportedCheckpoint(
-                f"{checkpoint.name}: not an SD 1.x checkpoint (SD 2.x and others are not supported yet)"
-            )
-        width, in_channels = weights.get_slice(conv_in).get_shape()[:2]
-    if width not in _SD1_BY_WIDTH or in_channels not in _VARIANT_BY_CHANNELS:
-        raise UnsupportedCheckpoint(
-            f"{checkpoint.name}: unknown SD 1.x variant (UNet width {width}, {in_channels} input channels)")
-    return _SD1_BY_WIDTH[width] + _VARIANT_BY_CHANNELS[in_channels]
-
-
-def components_config_dir(checkpoint: Checkpoint) -> Path:
-    """The folder holding the checkpoint's component configs (vae/config.json, unet/config.json, ...)."""
-    return architecture_dir(detect_architecture(checkpoint)) if checkpoint.is_single_file else checkpoint.path
+        shapes = {key: weights.get_slice(key).get_shape() for key in weights.keys()}
+    if CONV_IN not in shapes:
+        raise UnsupportedCheckpoint(f"{checkpoint.name}: no Stable Diffusion UNet found in the file")
+    family = family_of_keys(set(shapes), checkpoint.name)
+    return Architecture(family, architecture_dir(family.architecture(shapes, checkpoint.name)))
 
 
 def stored_dtype(checkpoint: Checkpoint) -> torch.dtype | None:
     """The dtype the checkpoint's UNet weights are stored in (None where the file doesn't say)."""
     if checkpoint.is_single_file:
-        path, key = checkpoint.path, f"{UNET_PREFIX}input_blocks.0.0.weight"
+        path, key = checkpoint.path, CONV_IN
     else:
         path, key = checkpoint.path / "unet" / "diffusion_pytorch_model.safetensors", "conv_in.weight"
     if not path.is_file():
@@ -72,24 +68,34 @@ def stored_dtype(checkpoint: Checkpoint) -> torch.dtype | None:
         return _SAFETENSORS_DTYPES.get(weights.get_slice(key).get_dtype()) if key in weights.keys() else None
 
 
-def load_pipeline(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> StableDiffusionPipeline:
+def load_pipeline(checkpoint: Checkpoint, architecture: Architecture, device: torch.device, dtype: torch.dtype):
     diffusers_logging.disable_progress_bar()  # worker logs, not a terminal
     if checkpoint.is_single_file:
         converted = usable_conversion(checkpoint)
-        return load_converted(converted, device, dtype) if converted else load_single_file(checkpoint, device, dtype)
-    return _ready(StableDiffusionPipeline.from_pretrained(checkpoint.path, **_OPTIONS, dtype=dtype), device)
+        if converted:
+            return load_converted(converted, architecture.pipeline_class, device, dtype)
+        return load_single_file(checkpoint, architecture, device, dtype)
+    pipe = architecture.pipeline_class.from_pretrained(checkpoint.path, **_pipeline_options(architecture), dtype=dtype)
+    return _ready(pipe, device)
 
 
-def load_single_file(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> StableDiffusionPipeline:
+def load_single_file(checkpoint: Checkpoint, architecture: Architecture, device: torch.device, dtype: torch.dtype):
     """Through diffusers' single-file loader: its key conversion runs on every load."""
-    return _ready(StableDiffusionPipeline.from_single_file(  # the UNet's channels come from the config
-        str(checkpoint.path),
-        config=str(architecture_dir(detect_architecture(checkpoint))),
-        tokenizer=CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR),
-        **_OPTIONS, dtype=dtype,
+    tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR)
+    components = json.loads((architecture.config_dir / MODEL_INDEX).read_text())
+    tokenizers = {name: tokenizer for name in ("tokenizer", "tokenizer_2") if (components.get(name) or [None])[0]}
+    return _ready(architecture.pipeline_class.from_single_file(  # the UNet's channels come from the config
+        str(checkpoint.path), config=str(architecture.config_dir), **tokenizers,
+        **_pipeline_options(architecture), dtype=dtype,
     ), device)
 
 
-def _ready(pipe: StableDiffusionPipeline, device: torch.device) -> StableDiffusionPipeline:
+def _pipeline_options(architecture: Architecture) -> dict:
+    """The loader options the pipeline class takes (SDXL pipelines have no safety checker)."""
+    accepted = inspect.signature(architecture.pipeline_class.__init__).parameters
+    return {key: value for key, value in _OPTIONS.items() if key in accepted or key == "local_files_only"}
+
+
+def _ready(pipe, device: torch.device):
     pipe.set_progress_bar_config(disable=True)
     return pipe if device.type == "cpu" else pipe.to(device)  # loaded on the CPU already

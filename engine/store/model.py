@@ -1,24 +1,25 @@
-"""A loaded checkpoint: its diffusers pipeline, prompt encoder, LoRAs and the facts generation needs."""
+"""A loaded checkpoint: its diffusers pipeline, family, prompt encoder, LoRAs and the facts generation needs."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from ..families import ModelFamily
 from ..prompts.conditioning import PromptEncoder
 from ..prompts.embeddings import Embeddings
-from .loading import components_config_dir
 from ..prompts.lora import LoraAdapters, LoraLibrary
+from .loading import Architecture
 from .models_dir import Checkpoint
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL, DiffusionPipeline
 
     from .vae import VaeFile
 
@@ -26,11 +27,11 @@ if TYPE_CHECKING:
 @dataclass
 class LoadedModel:
     checkpoint: Checkpoint
-    pipe: StableDiffusionPipeline
+    architecture: Architecture
+    pipe: DiffusionPipeline
     lora_library: InitVar[LoraLibrary]  # the LoRA files its prompts may name
     embeddings: Embeddings = field(default_factory=Embeddings)  # textual inversions its prompts may use
     scheduler_config: dict = field(init=False)  # the checkpoint's own noise schedule
-    config_dir: Path = field(init=False)  # its components' configs (vae/config.json, ...), read once
     encoder: PromptEncoder = field(init=False)
     loras: LoraAdapters = field(init=False)
     own_vae: AutoencoderKL = field(init=False)  # the checkpoint's VAE, used while vae_file is None
@@ -38,10 +39,23 @@ class LoadedModel:
 
     def __post_init__(self, lora_library: LoraLibrary):
         self.scheduler_config = dict(self.pipe.scheduler.config)
-        self.config_dir = components_config_dir(self.checkpoint)
-        self.encoder = PromptEncoder(self.pipe.tokenizer, self.pipe.text_encoder, self.embeddings)
-        self.loras = LoraAdapters(self.pipe, self.encoder, lora_library)
-        self.own_vae = self.pipe.vae
+        family, pipe = self.family, self.pipe
+        self.encoder = PromptEncoder(
+            pipe.tokenizer_2 if getattr(pipe, "tokenizer", None) is None else pipe.tokenizer,
+            [(spec, getattr(pipe, spec.component)) for spec in family.text_encoders(pipe)], self.embeddings,
+            lambda pooled, params, negative: family.denoiser_inputs(pipe.unet, pooled, params, negative),
+            family.zero_empty_negative)
+        self.loras = LoraAdapters(pipe, self.encoder, lora_library, family.name)
+        self.own_vae = pipe.vae
+
+    @property
+    def family(self) -> ModelFamily:
+        return self.architecture.family
+
+    @property
+    def config_dir(self) -> Path:
+        """Its components' configs (vae/config.json, ...)."""
+        return self.architecture.config_dir
 
     def use_vae(self, file: VaeFile | None, vae: AutoencoderKL | None) -> None:
         """Decode and encode with `vae` (loaded from `file`), or with the checkpoint's own for None."""
@@ -72,15 +86,46 @@ class LoadedModel:
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
         """VAE latents (the distribution's mode, so encoding is deterministic), scaled for the UNet."""
-        pixels = torch.stack([_to_tensor(image) for image in images]).to(self.device, self.vae.dtype)
-        latents = self.vae.encode(pixels).latent_dist.mode()
-        return latents.float() * self.vae.config.scaling_factor
+        pixels = torch.stack([_to_tensor(image) for image in images]).to(self.device)
+        with self._vae_precision(upcast=self._upcasts) as vae:
+            latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mode().float()
+        return (latents - self._shift) * self.vae.config.scaling_factor
 
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
-        pixels = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.vae.dtype)).sample
-        array = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        """Images from latents. A VAE that overflows in half precision (diffusers' `force_upcast`: SDXL's) decodes
+        in float32; the checkpoint's own always, a VAE file when its half-precision output is not finite (an
+        fp16-fixed VAE stays in half precision)."""
+        latents = latents / self.vae.config.scaling_factor + self._shift
+        with self._vae_precision(upcast=self._upcasts and self.vae_file is None) as vae:
+            pixels = vae.decode(latents.to(vae.dtype)).sample.float()
+        if not torch.isfinite(pixels).all() and self._upcasts:
+            with self._vae_precision(upcast=True) as vae:
+                pixels = vae.decode(latents.to(vae.dtype)).sample.float()
+        array = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return [Image.fromarray(a) for a in array.permute(0, 2, 3, 1).cpu().numpy()]
+
+    @property
+    def _upcasts(self) -> bool:
+        return self.vae.dtype == torch.float16 and bool(self.vae.config.get("force_upcast", False))
+
+    @property
+    def _shift(self) -> float:
+        return self.vae.config.get("shift_factor") or 0.0
+
+    @contextmanager
+    def _vae_precision(self, upcast: bool):
+        """The VAE, in float32 for the duration when `upcast`."""
+        vae = self.vae
+        if not upcast:
+            yield vae
+            return
+        dtype = vae.dtype
+        vae.to(torch.float32)
+        try:
+            yield vae
+        finally:
+            vae.to(dtype)
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:

@@ -8,6 +8,10 @@ model.safetensors, else the checkpoint's own), "None" (the checkpoint's own) or 
 A VAE file holds A1111's single-file layout (encoder., decoder., quant_conv., post_quant_conv., possibly
 under first_stage_model. or a "state_dict" key); diffusers' single-file loader reads it with the
 checkpoint's own VAE config. Loaded VAEs are kept (a few), and the checkpoint's own stays with it.
+
+SD 1.x's and SDXL's VAEs have the same shapes, so a VAE of the other family would load and decode
+garbage: a VAE file whose name says SDXL ("xl" as a word part: sdxl_vae, sdxl-vae-fp16-fix, XL_VAE), or
+that is a well-known SD 1.x VAE, is refused for a checkpoint of the other family.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import re
 
 import torch
 from diffusers import AutoencoderKL
@@ -24,16 +30,16 @@ from schemas import RequestError
 from schemas.errors import quoted
 
 from ..faults import reraise_server_fault
+from .loading import Architecture
 from .models_dir import CHECKPOINTS_SUBDIR, Checkpoint, describe_error, list_files, sha256_of
-
-if TYPE_CHECKING:
-    from .model import LoadedModel
 
 VAE_SUBDIR = "VAE"
 SUFFIXES = (".safetensors", ".pt", ".ckpt")
 BESIDE_CHECKPOINTS = tuple(".vae" + suffix for suffix in SUFFIXES)
 AUTOMATIC, NONE = "Automatic", "None"
 CACHED_VAES = 2
+_SDXL_NAME = re.compile(r"(?<![a-z])(sd)?xl(?![a-z])")
+_SD1_VAES = {"735e4c3a44": "vae-ft-mse-840000-ema-pruned"}  # A1111 VAE hashes of well-known SD 1.x VAEs
 
 
 @dataclass(frozen=True)
@@ -78,14 +84,14 @@ class Vaes:
     def unload(self) -> None:
         self._loaded.clear()
 
-    def apply(self, model: LoadedModel, option: str, field: str) -> None:
-        """Make `model` decode and encode with the VAE the sd_vae value `option` names (given in `field`)."""
-        model.use_vae(*self.find(option, model, field))
-
-    def find(self, option: str, model: LoadedModel, field: str) -> tuple[VaeFile | None, AutoencoderKL | None]:
-        """The VAE file `option` names for `model`'s checkpoint, loaded; (None, None) for the checkpoint's own."""
-        file = self.resolve(option, model.checkpoint, field)
-        return (file, self._load(file, model, field)) if file else (None, None)
+    def find(self, option: str, checkpoint: Checkpoint, architecture: Architecture,
+             field: str) -> tuple[VaeFile | None, AutoencoderKL | None]:
+        """The VAE file `option` names for the checkpoint, loaded; (None, None) for the checkpoint's own."""
+        file = self.resolve(option, checkpoint, field)
+        if file is None:
+            return None, None
+        _check_family(file, checkpoint, architecture, field)
+        return file, self._load(file, checkpoint, architecture, field)
 
     def resolve(self, option: str, checkpoint: Checkpoint, field: str) -> VaeFile | None:
         """The VAE file for `checkpoint`; None for the checkpoint's own."""
@@ -101,8 +107,8 @@ class Vaes:
                                       f"{', '.join([AUTOMATIC, NONE, *self.files])}")
         return self.files[option]
 
-    def _load(self, file: VaeFile, model: LoadedModel, field: str) -> AutoencoderKL:
-        config, checkpoint = model.config_dir, model.checkpoint
+    def _load(self, file: VaeFile, checkpoint: Checkpoint, architecture: Architecture, field: str) -> AutoencoderKL:
+        config = architecture.config_dir
         key = (file.path, config)
         if key in self._loaded:
             self._loaded.move_to_end(key)
@@ -118,3 +124,15 @@ class Vaes:
             self._loaded.popitem(last=False)
         self._loaded[key] = vae.to(self.device).eval()
         return self._loaded[key]
+
+
+def _check_family(file: VaeFile, checkpoint: Checkpoint, architecture: Architecture, field: str) -> None:
+    """Refuse a VAE known to be of the other family (see the module's docstring)."""
+    family = architecture.family
+    if _SDXL_NAME.search(file.path.stem.lower()):
+        if family.key != "sdxl":
+            raise RequestError(field, f"VAE {file.name!r} is an SDXL VAE; checkpoint {checkpoint.name} is "
+                                      f"{family.name}")
+    elif family.key == "sdxl" and file.short_hash in _SD1_VAES:
+        raise RequestError(field, f"VAE {file.name!r} is an SD 1.x VAE ({_SD1_VAES[file.short_hash]}); checkpoint "
+                                  f"{checkpoint.name} is SDXL")

@@ -51,11 +51,11 @@ class MaskPlan:
 def img2img(model: LoadedModel, request: Img2ImgRequest, options: Options,
             init_images: list[Image.Image], mask: Image.Image | None, progress: Progress | None = None,
             faces: FaceRestorer | None = None, latent_mask: Image.Image | None = None,
-            script_params: dict[str, Any] | None = None) -> Generation:
+            script_params: dict[str, Any] | None = None, refiner: LoadedModel | None = None) -> Generation:
     """`latent_mask` (with a mask): the mask that keeps the original in the latents at each step, as is (A1111's
     latent_mask), in place of the blurred repaint mask. `script_params`: infotext keys of a script that runs
-    img2img, before img2img's own (as in A1111)."""
-    job = Job(model, request, options, progress, faces)
+    img2img, before img2img's own (as in A1111). `refiner`: refiner_checkpoint's model."""
+    job = Job(model, request, options, progress, faces, refiner)
     job.extra_params.update(script_params or {})
     plans = {image.size: _plan_mask(request, mask, image.size, latent_mask) for image in init_images} \
         if mask is not None else {}
@@ -130,9 +130,11 @@ def _generate(job: Job, request: Img2ImgRequest, options: Options, sources: list
     scheduler = job.scheduler(seeds)
     length, run = img2img_steps(request.steps, request.denoising_strength, options.img2img_fix_steps)
     timesteps = set_schedule(scheduler, length, run, model.device)
-    conditioning = job.prepare(request.prompts, request.steps)
+    size = request.width, request.height
+    conditioning = job.prepare(request.prompts, request.steps, size)
+    switch = job.refiner_switch(request.prompts, request.steps, size, hires=False)
     latents = job.denoise(scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]), conditioning,
-                          generators, inpainting)
+                          generators, inpainting, switch=switch)
     generated = job.restore_faces(model.decode_latents(latents))
     return [_compose(canvas, image, plan) for (canvas, _), image, plan in zip(frames, generated, plans)]
 

@@ -15,8 +15,8 @@ from schemas.extra_networks import PassPrompts
 from schemas.sampler_params import SamplerParams, infotext_params, sampler_params
 from schemas.samplers import Sampler, Schedule
 
-from ..prompts.conditioning import Conditioning
-from ..prompts.embeddings import Embedding, ti_hashes
+from ..prompts.conditioning import Conditioning, ConditioningParams
+from ..prompts.embeddings import Embedding, ForeignEmbedding, ti_hashes
 from ..postprocess.face_restoration import FaceRestorer
 from .generation import GeneratedImage, Generation
 from ..imaging.infotext import build_infotext, worker_version
@@ -26,7 +26,7 @@ from ..sampling.noise import batch_noise, latent_shape, resolve_seed
 from .progress import Progress
 from ..prompts.parser import split_and
 from ..sampling.samplers import make_scheduler
-from ..sampling.loop import Guidance, Inpainting, denoise
+from ..sampling.loop import Guidance, Inpainting, Switch, denoise
 
 def _check_prompt_size(model: LoadedModel, prompts: PassPrompts) -> None:
     """A pass's prompts within the limits on AND parts and 75-token chunks. The chunks are counted on the
@@ -35,7 +35,10 @@ def _check_prompt_size(model: LoadedModel, prompts: PassPrompts) -> None:
         if len(split_and(text)) > limits.MAX_SUBPROMPTS:
             raise RequestError(field, f"{len(split_and(text))} AND parts; the limit is {limits.MAX_SUBPROMPTS} "
                                       "(WORKER_MAX_SUBPROMPTS)")
-        chunks = len(model.encoder.chunks(text))
+        try:
+            chunks = len(model.encoder.chunks(text))
+        except ForeignEmbedding as error:
+            raise RequestError(field, f"{error} ({model.checkpoint.name} is {model.family.name})") from None
         if chunks > limits.MAX_PROMPT_CHUNKS:
             raise RequestError(field, f"{chunks} chunks of 75 tokens; the limit is {limits.MAX_PROMPT_CHUNKS} "
                                       "(WORKER_MAX_PROMPT_CHUNKS)")
@@ -43,8 +46,11 @@ def _check_prompt_size(model: LoadedModel, prompts: PassPrompts) -> None:
 
 class Job:
     def __init__(self, model: LoadedModel, request: GenerationRequest, options: Options,
-                 progress: Progress | None = None, faces: FaceRestorer | None = None):
+                 progress: Progress | None = None, faces: FaceRestorer | None = None,
+                 refiner: LoadedModel | None = None):
+        """`refiner`: refiner_checkpoint's model, which sampling switches to at refiner_switch_at."""
         self.model, self.request, self.options, self.faces = model, request, options, faces
+        self.refiner = refiner if refiner is not model else None  # A1111 doesn't switch to the model it runs
         self.progress = progress or Progress()
         self.progress.expect(request.n_iter)
         self.sampler, self.schedule = request.sampler
@@ -59,6 +65,8 @@ class Job:
         model.loras.load(request.lora_tags)  # unknown names and bad files fail before any work
         for prompts in request.pass_prompts:
             _check_prompt_size(model, prompts)
+            if self.refiner is not None:
+                _check_prompt_size(self.refiner, prompts)
 
     @property
     def clip_skip(self) -> int:
@@ -94,14 +102,17 @@ class Job:
         )
         return noise.to(self.model.device), generators
 
-    def prepare(self, prompts: PassPrompts, steps: int, model: LoadedModel | None = None) -> Conditioning:
-        """Set a sampling pass up on `model` (default: the request's): activate its LoRAs (exactly those) and encode
-        its prompts. The LoRAs and embeddings used go into the infotext (Lora hashes, TI hashes)."""
+    def prepare(self, prompts: PassPrompts, steps: int, size: tuple[int, int],
+                model: LoadedModel | None = None) -> Conditioning:
+        """Set a sampling pass of `size` (width, height) up on `model` (default: the request's): activate its LoRAs
+        (exactly those) and encode its prompts. The LoRAs and embeddings used go into the infotext (Lora hashes,
+        TI hashes)."""
         model = model or self.model
         applied = model.loras.activate(prompts.loras)
         if applied:  # as A1111, a pass without LoRAs keeps an earlier pass's hashes
             self.extra_params["Lora hashes"] = lora_hashes(applied)
-        conditioning = model.encoder.conditioning(prompts.prompt, prompts.negative_prompt, steps, self.clip_skip)
+        params = ConditioningParams.of(self.options, *size)
+        conditioning = model.encoder.conditioning(prompts.prompt, prompts.negative_prompt, steps, params)
         for embedding in conditioning.textual_inversions:
             self.textual_inversions.setdefault(embedding.name, embedding)
         if self.textual_inversions:
@@ -118,9 +129,31 @@ class Job:
         seeds = [seed + delta for seed in seeds]
         return make_scheduler(config, sampler, schedule or self.schedule, seeds, self.sampler_params(sampler))
 
+    def refiner_switch(self, prompts: PassPrompts, steps: int, size: tuple[int, int],
+                       hires: bool) -> Switch | None:
+        """The switch to the refiner in a first (`hires` False) or hires pass, as the option hires_fix_refiner_pass
+        places it when hires fix is on; its conditioning encoded with the refiner (without the request's LoRAs)."""
+        refiner = self.refiner
+        if refiner is None:
+            return None
+        if getattr(self.request, "enable_hr", False):
+            where = self.options.hires_fix_refiner_pass
+            if (where == "first pass" and hires) or (where == "second pass" and not hires):
+                return None
+        if refiner.unet.config.in_channels != self.model.unet.config.in_channels:
+            raise RequestError("refiner_checkpoint", f"{refiner.checkpoint.name} takes "
+                               f"{refiner.unet.config.in_channels} latent channels, {self.model.checkpoint.name} "
+                               f"{self.model.unet.config.in_channels}: an inpainting model refines only another")
+        refiner.loras.deactivate()
+        params = ConditioningParams.of(self.options, *size)
+        conditioning = refiner.encoder.conditioning(prompts.prompt, prompts.negative_prompt, steps, params)
+        # A1111 switches at once when refiner_switch_at is null
+        return Switch(refiner.unet, conditioning, self.request.refiner_switch_at or 0.0,
+                      self.options.refiner_switch_by_sample_steps)
+
     def denoise(self, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, conditioning: Conditioning,
                 generators: list, inpainting: Inpainting | None = None, sampler: Sampler | None = None,
-                model: LoadedModel | None = None) -> torch.Tensor:
+                model: LoadedModel | None = None, switch: Switch | None = None) -> torch.Tensor:
         """Run a sampling pass of `sampler` on `model` (the request's unless others are given) with the request's
         guidance. Its parameters go into the infotext as A1111 adds them: when the pass starts, and NGMS once a
         negative prompt was skipped."""
@@ -129,10 +162,21 @@ class Job:
         self.extra_params.update(infotext_params(sampler, params))
         guidance = Guidance(self.request.cfg_scale, params.s_min_uncond, sampler.guided_by_timestep)
         latents = denoise((model or self.model).unet, scheduler, timesteps, latents, conditioning, guidance,
-                          generators, params.eta or 0.0, inpainting, self.progress)
+                          generators, params.eta or 0.0, inpainting, self.progress, switch)
         if guidance.skipped_uncond:
             self.extra_params["NGMS"] = params.s_min_uncond
+        if switch is not None and switch.switched:
+            self._add_refiner_params(switch)
         return latents
+
+    def _add_refiner_params(self, switch: Switch) -> None:
+        """A1111's infotext keys for a run that switched to the refiner."""
+        if getattr(self.request, "enable_hr", False) and self.options.hires_fix_refiner_pass != "second pass":
+            self.extra_params["Hires refiner"] = self.options.hires_fix_refiner_pass
+        if switch.by_steps:
+            self.extra_params["Refiner switch by sampling steps"] = True
+        self.extra_params["Refiner"] = self.refiner.checkpoint.short_title
+        self.extra_params["Refiner switch at"] = self.request.refiner_switch_at
 
     def restore_faces(self, images: list) -> list:
         """Decoded images with their faces restored when the request asks (before any inpainting overlay)."""

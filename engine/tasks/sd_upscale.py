@@ -108,8 +108,10 @@ def plan(request: Img2ImgRequest, image_size: tuple[int, int], upscaler: str) ->
 
 
 def sd_upscale(model: LoadedModel, request: Img2ImgRequest, options: Options, image: Image.Image, upscaler: str,
-               upscalers: Upscalers, progress: Progress, faces: FaceRestorer | None = None) -> Generation:
-    """n_iter upscales of `image` with `upscaler` (an A1111 name), each redrawn in tiles."""
+               upscalers: Upscalers, progress: Progress, faces: FaceRestorer | None = None,
+               refiner: LoadedModel | None = None) -> Generation:
+    """n_iter upscales of `image` with `upscaler` (an A1111 name), each redrawn in tiles (with `refiner`, the
+    request's refiner_checkpoint)."""
     grid = plan(request, image.size, upscaler)
     image = image.convert("RGB")
     if upscaler != "None":
@@ -125,7 +127,7 @@ def sd_upscale(model: LoadedModel, request: Img2ImgRequest, options: Options, im
             tile_request = request.model_copy(update={"seed": seed + n + index, "subseed": subseed,
                                                       "batch_size": len(batch), "n_iter": 1})
             batches.append(img2img(model, tile_request, options, batch, None, progress, faces,
-                                   script_params=params))
+                                   script_params=params, refiner=refiner))
             if progress.interrupted:
                 break
         if not batches[0].images:  # interrupted before this upscale began

@@ -37,10 +37,11 @@ class FirstPass:
 
 def txt2img(model: LoadedModel, request: Txt2ImgRequest, options: Options, upscalers: Upscalers,
             progress: Progress | None = None, faces: FaceRestorer | None = None,
-            hires_model: LoadedModel | None = None, firstpass_image: Image.Image | None = None) -> Generation:
+            hires_model: LoadedModel | None = None, firstpass_image: Image.Image | None = None,
+            refiner: LoadedModel | None = None) -> Generation:
     """`hires_model`: hr_checkpoint_name's model for the hires pass (default `model`); `firstpass_image`: used in
-    place of the first pass when hires fix is on (A1111 ignores it otherwise)."""
-    job = Job(model, request, options, progress, faces)
+    place of the first pass when hires fix is on (A1111 ignores it otherwise); `refiner`: refiner_checkpoint's."""
+    job = Job(model, request, options, progress, faces, refiner)
     hires_model = hires_model or model
     pixel_upscaler = None  # hires fix in pixel space; found (an unknown name fails) before any work
     if request.enable_hr:
@@ -70,9 +71,11 @@ def _first_pass(job: Job, request: Txt2ImgRequest, seeds: list[int], subseeds: l
     noise, generators = job.noise(seeds, subseeds, request.width, request.height)
     scheduler = job.scheduler(seeds)
     timesteps = set_schedule(scheduler, request.steps, request.steps, job.model.device)
-    conditioning = job.prepare(request.prompts, request.steps)
+    size = request.width, request.height
+    conditioning = job.prepare(request.prompts, request.steps, size)
+    switch = job.refiner_switch(request.prompts, request.steps, size, hires=False)
     return job.denoise(scheduler, timesteps, noise * scheduler.init_noise_sigma, conditioning, generators,
-                       _inpainting_model_input(job.model, noise))
+                       _inpainting_model_input(job.model, noise), switch=switch)
 
 
 def _hires_pass(job: Job, request: Txt2ImgRequest, model: LoadedModel, first: FirstPass, seeds: list[int],
@@ -96,9 +99,10 @@ def _hires_pass(job: Job, request: Txt2ImgRequest, model: LoadedModel, first: Fi
     length, run = img2img_steps(steps, request.denoising_strength, exact=True)
     timesteps = set_schedule(scheduler, length, run, model.device)
     noise, generators = job.noise(seeds, subseeds, width, height)  # fresh noise from the same seeds
-    conditioning = job.prepare(request.hires_prompts, steps, model)
+    conditioning = job.prepare(request.hires_prompts, steps, (width, height), model)
+    switch = job.refiner_switch(request.hires_prompts, steps, (width, height), hires=True)
     return job.denoise(scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]), conditioning, generators,
-                       _inpainting_model_input(model, noise), sampler, model)
+                       _inpainting_model_input(model, noise), sampler, model, switch)
 
 
 def _centre_crop(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..prompts.lora import COMPONENTS, LORA_SUBDIR, LORA_SUFFIX
+from ..prompts.lora import LORA_SUBDIR, LORA_SUFFIX
 from .sd import ARCHITECTURE, build_tiny_modules
 
 FORMATS = ("kohya", "diffusers")
+COMPONENTS = ("unet", "text_encoder")  # what a tiny SD 1.5 LoRA changes
 _TARGETS = {"unet": ("to_q", "to_k", "to_v", "to_out.0"), "text_encoder": ("q_proj", "k_proj", "v_proj", "out_proj")}
 _TEXT_MODEL = "text_model."  # real text-encoder LoRAs name CLIP's modules under text_model.
 

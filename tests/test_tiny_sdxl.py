@@ -1,5 +1,5 @@
-"""`python -m engine.tiny --family sdxl|sdxl-refiner`: tiny SDXL checkpoints in the single-file layout of
-sd_xl_base_1.0 / sd_xl_refiner_1.0, which diffusers' single-file loader reads back tensor for tensor."""
+"""`python -m engine.tiny --family sdxl|sdxl-refiner [--inpainting]`: tiny SDXL checkpoints in the single-file
+layout of sd_xl_base_1.0 / sd_xl_refiner_1.0, which diffusers' single-file loader reads back tensor for tensor."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
 from safetensors import safe_open
 from transformers import CLIPTokenizer
 
 from engine.configs import CLIP_TOKENIZER_DIR, architecture_dir
-from engine.tiny.sd import SDXL, SDXL_REFINER, build_tiny_sdxl_modules, main, write_tiny_checkpoint
+from engine.tiny.sd import SDXL, SDXL_INPAINTING, SDXL_REFINER, build_tiny_sdxl_modules, main, write_tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UNET = "model.diffusion_model."
@@ -25,7 +25,7 @@ OPEN_CLIP_LAYER_0 = "model.transformer.resblocks.0."
 @pytest.fixture(scope="module")
 def sdxl_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("tiny-sdxl")
-    for architecture in (SDXL, SDXL_REFINER):
+    for architecture in (SDXL, SDXL_INPAINTING, SDXL_REFINER):
         write_tiny_checkpoint(directory, architecture=architecture)
     return directory
 
@@ -40,8 +40,9 @@ def shapes(path: Path) -> dict[str, list[int]]:
 
 
 def test_cli_writes_each_family_the_same_as_in_process(tmp_path, worker_env, sdxl_dir):
-    for family, architecture in (("sdxl", SDXL), ("sdxl-refiner", SDXL_REFINER)):
-        done = subprocess.run([sys.executable, "-m", "engine.tiny", "--models-dir", str(tmp_path), "--family", family],
+    for options, architecture in ((["--family", "sdxl"], SDXL), (["--family", "sdxl", "--inpainting"], SDXL_INPAINTING),
+                                  (["--family", "sdxl-refiner"], SDXL_REFINER)):
+        done = subprocess.run([sys.executable, "-m", "engine.tiny", "--models-dir", str(tmp_path), *options],
                               cwd=REPO_ROOT, env=worker_env(), capture_output=True, text=True, timeout=300,
                               stdin=subprocess.DEVNULL)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -50,9 +51,9 @@ def test_cli_writes_each_family_the_same_as_in_process(tmp_path, worker_env, sdx
         assert path.read_bytes() == checkpoint(sdxl_dir, architecture).read_bytes()  # fixed seed
 
 
-def test_inpainting_is_refused_for_sdxl(tmp_path, capsys):
+def test_inpainting_is_refused_for_the_refiner(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["--models-dir", str(tmp_path), "--family", "sdxl", "--inpainting"])
+        main(["--models-dir", str(tmp_path), "--family", "sdxl-refiner", "--inpainting"])
     assert exit_.value.code == 2
     assert "--inpainting" in capsys.readouterr().err
     assert not (tmp_path / "Stable-diffusion").exists()
@@ -75,6 +76,13 @@ def test_base_has_sd_xl_base_key_families(sdxl_dir):
     assert not any(k.startswith(("cond_stage_model.", "unet.", "text_encoder")) for k in keys)
 
 
+def test_inpainting_differs_from_the_base_in_the_unet_input_only(sdxl_dir):
+    base, inpainting = shapes(checkpoint(sdxl_dir, SDXL)), shapes(checkpoint(sdxl_dir, SDXL_INPAINTING))
+    conv_in = UNET + "input_blocks.0.0.weight"
+    assert base[conv_in][1] == 4 and inpainting[conv_in] == [base[conv_in][0], 9, *base[conv_in][2:]]
+    assert {k: v for k, v in inpainting.items() if k != conv_in} == {k: v for k, v in base.items() if k != conv_in}
+
+
 def test_refiner_has_only_the_open_clip_embedder(sdxl_dir):
     keys = shapes(checkpoint(sdxl_dir, SDXL_REFINER))
     embedders = {".".join(k.split(".")[:4]) for k in keys if k.startswith("conditioner.")}
@@ -87,10 +95,11 @@ def test_refiner_has_only_the_open_clip_embedder(sdxl_dir):
 
 
 @pytest.mark.parametrize("architecture, pipeline_class", [(SDXL, StableDiffusionXLPipeline),
+                                                          (SDXL_INPAINTING, StableDiffusionXLPipeline),
                                                           (SDXL_REFINER, StableDiffusionXLImg2ImgPipeline)])
 def test_loads_back_through_diffusers_single_file_loader(sdxl_dir, architecture, pipeline_class):
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR)
-    tokenizers = {"tokenizer_2": tokenizer} | ({"tokenizer": tokenizer} if architecture == SDXL else {})
+    tokenizers = {"tokenizer_2": tokenizer} | ({} if architecture == SDXL_REFINER else {"tokenizer": tokenizer})
     pipe = pipeline_class.from_single_file(str(checkpoint(sdxl_dir, architecture)),
                                            config=str(architecture_dir(architecture)), local_files_only=True,
                                            **tokenizers)
@@ -105,5 +114,9 @@ def test_loads_back_through_diffusers_single_file_loader(sdxl_dir, architecture,
             "generator": torch.Generator().manual_seed(0)}
     if architecture == SDXL_REFINER:  # the aesthetic-score time ids must fit the UNet, else the call raises
         call |= {"image": torch.rand(1, 3, 64, 64), "strength": 1.0}
+    if architecture == SDXL_INPAINTING:  # latents, mask and masked-image latents: the 9 channels must fit
+        assert pipe.unet.config.in_channels == 9
+        pipe = StableDiffusionXLInpaintPipeline(**pipe.components)
+        call |= {"image": torch.rand(1, 3, 64, 64), "mask_image": torch.ones(1, 1, 64, 64), "strength": 1.0}
     image = pipe(**call).images
     assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()

@@ -4,8 +4,9 @@
 
 writes DIR/Stable-diffusion/tiny-sd15.safetensors (with --inpainting, tiny-sd15-inpainting, a
 9-channel UNet; with --family sdxl, tiny-sdxl: SDXL base's architecture, two text encoders and the
-text_time UNet; sdxl-refiner, tiny-sdxl-refiner) in the A1111 single-file layout, so it loads through
-the same path as real checkpoints. Weights come from a fixed seed: the file is the same on every run.
+text_time UNet, and with --inpainting too, tiny-sdxl-inpainting; sdxl-refiner, tiny-sdxl-refiner) in
+the A1111 single-file layout, so it loads through the same path as real checkpoints. Weights come
+from a fixed seed: the file is the same on every run.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from ..families.sgm_format import to_sdxl_refiner_single_file, to_sdxl_single_fi
 ARCHITECTURE = "tiny-sd15"
 INPAINTING = "tiny-sd15-inpainting"  # the same with a 9-channel UNet, as SD 1.5 inpainting checkpoints
 SDXL = "tiny-sdxl"
+SDXL_INPAINTING = "tiny-sdxl-inpainting"  # with a 9-channel UNet, as SD-XL Inpainting 0.1
 SDXL_REFINER = "tiny-sdxl-refiner"  # OpenCLIP only, aesthetic-score time ids
 FAMILIES = {"sd15": ARCHITECTURE, "sdxl": SDXL, "sdxl-refiner": SDXL_REFINER}
+INPAINTING_FAMILIES = {"sd15": INPAINTING, "sdxl": SDXL_INPAINTING}
 SEED = 1234
 
 
@@ -41,8 +44,8 @@ def build_tiny_modules(architecture: str = ARCHITECTURE) -> tuple[UNet2DConditio
 
 
 def build_tiny_sdxl_modules(architecture: str = SDXL) -> dict[str, torch.nn.Module]:
-    """The modules of a tiny SDXL base or refiner, by pipeline component name (the refiner has no
-    `text_encoder`, only the OpenCLIP `text_encoder_2`)."""
+    """The modules of a tiny SDXL base, inpainting or refiner, by pipeline component name (the refiner
+    has no `text_encoder`, only the OpenCLIP `text_encoder_2`)."""
     config = architecture_dir(architecture)
     torch.manual_seed(SEED)
     modules = {
@@ -57,7 +60,7 @@ def build_tiny_sdxl_modules(architecture: str = SDXL) -> dict[str, torch.nn.Modu
 
 def tiny_state_dict(architecture: str) -> dict[str, torch.Tensor]:
     """The tiny checkpoint's weights in the A1111 single-file layout of its architecture."""
-    if architecture == SDXL:
+    if architecture in (SDXL, SDXL_INPAINTING):
         return to_sdxl_single_file(**build_tiny_sdxl_modules(architecture))
     if architecture == SDXL_REFINER:
         return to_sdxl_refiner_single_file(**build_tiny_sdxl_modules(architecture))
@@ -75,12 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-dir", type=Path, required=True)
     parser.add_argument("--family", choices=FAMILIES, default="sd15", help="model family (default: sd15)")
-    parser.add_argument("--inpainting", action="store_true", help="a 9-channel inpainting UNet (sd15 only)")
+    parser.add_argument("--inpainting", action="store_true", help="a 9-channel inpainting UNet (sd15 and sdxl)")
     parser.add_argument("--name", help="checkpoint file name, without extension (default: the architecture)")
     args = parser.parse_args(argv)
-    if args.inpainting and args.family != "sd15":
-        parser.error("--inpainting is offered for --family sd15 only")
-    architecture = INPAINTING if args.inpainting else FAMILIES[args.family]
+    if args.inpainting and args.family not in INPAINTING_FAMILIES:
+        parser.error(f"--inpainting is offered for --family {' and '.join(INPAINTING_FAMILIES)} only")
+    architecture = (INPAINTING_FAMILIES if args.inpainting else FAMILIES)[args.family]
     print(write_tiny_checkpoint(args.models_dir, args.name, architecture))
 
 

@@ -1,7 +1,8 @@
-"""Tiny textual-inversion embeddings and VAEs for the tiny checkpoint (engine/tiny/sd.py), in the file
+"""Tiny textual-inversion embeddings and VAEs for the tiny checkpoints (engine/tiny/sd.py), in the file
 layouts real ones come in, so that tests and demos load them through the same paths.
 
     write_tiny_embedding(models_dir, "EasyNegative")               # embeddings/EasyNegative.safetensors
+    write_tiny_sdxl_embedding(models_dir, "negativeXL", vectors=2) # {"clip_l": ..., "clip_g": ...}
     write_tiny_vae(models_dir, "tiny-other.safetensors", seed=7)   # VAE/tiny-other.safetensors
 """
 
@@ -17,13 +18,13 @@ from safetensors.torch import save_file
 from ..configs import architecture_dir
 from ..prompts.embeddings import EMBEDDINGS_SUBDIR
 from ..families.ldm_format import VAE_PREFIX, vae_to_ldm
-from .sd import ARCHITECTURE
+from .sd import ARCHITECTURE, SDXL
 from ..store.vae import VAE_SUBDIR
 
 
-def text_width(architecture: str = ARCHITECTURE) -> int:
+def text_width(architecture: str = ARCHITECTURE, encoder: str = "text_encoder") -> int:
     """The width of an architecture's text-encoder token embeddings (what an embedding's vectors need)."""
-    return json.loads((architecture_dir(architecture) / "text_encoder" / "config.json").read_text())["hidden_size"]
+    return json.loads((architecture_dir(architecture) / encoder / "config.json").read_text())["hidden_size"]
 
 
 def write_tiny_embedding(models_dir: Path, name: str, vectors: torch.Tensor | int = 1, suffix: str = ".safetensors",
@@ -46,6 +47,18 @@ def write_tiny_embedding(models_dir: Path, name: str, vectors: torch.Tensor | in
         torch.save({f"<{name}>": vectors[0]}, path)
     else:
         raise ValueError(f"no embedding layout for {suffix!r}")
+    return path
+
+
+def write_tiny_sdxl_embedding(models_dir: Path, name: str, vectors: int = 1, seed: int = 0) -> Path:
+    """embeddings/<name>.safetensors for the tiny SDXL checkpoint as SDXL embeddings are stored: `vectors`
+    random vectors per text encoder, {"clip_l": (n, CLIP-L width), "clip_g": (n, OpenCLIP width)}."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {key: torch.randn(vectors, text_width(SDXL, encoder), generator=generator)
+               for key, encoder in (("clip_l", "text_encoder"), ("clip_g", "text_encoder_2"))}
+    path = Path(models_dir) / EMBEDDINGS_SUBDIR / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, path)
     return path
 
 

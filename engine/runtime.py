@@ -104,7 +104,7 @@ class Engine:
             while len(self._loaded) >= self.max_models:
                 self._loaded.popitem(last=False)
             architecture = detect_architecture(checkpoint)
-            pipe = load_pipeline(checkpoint, architecture, self.device, self.dtype)
+            pipe = load_pipeline(checkpoint, self.device, self.dtype, architecture)
             self._loaded[checkpoint.path] = LoadedModel(checkpoint, architecture, pipe, self.loras, self.embeddings)
         return self._loaded[checkpoint.path]
 

@@ -10,9 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from dataclasses import replace
+
+from engine.prompts.conditioning import ConditioningParams
 from handler.router import route
 
 BASE = {"steps": 4, "width": 64, "height": 64, "seed": 21}
+PARAMS = ConditioningParams(64, 64)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +27,7 @@ def encoder(engine):
 def plain_encoding(encoder, text):
     tokens = encoder.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     with torch.inference_mode():
-        return encoder.text_encoder(tokens.input_ids).last_hidden_state
+        return encoder.encoders[0][1](tokens.input_ids).last_hidden_state
 
 
 def test_unweighted_prompt_equals_the_plain_encoder(encoder):
@@ -73,23 +77,23 @@ def test_break_starts_a_new_chunk(encoder):
 
 
 def test_cond_and_uncond_are_padded_to_the_same_length(engine, encoder):
-    conditioning = encoder.conditioning("a BREAK b BREAK c", "blurry", 4, 1)
+    conditioning = encoder.conditioning("a BREAK b BREAK c", "blurry", 4, PARAMS)
     uncond, (cond,) = conditioning.at(0)
-    assert uncond.shape == cond.shape == (1, 77 * 3, uncond.shape[-1])
-    assert torch.equal(uncond[:, 77:154], encoder.encode(""))
+    assert uncond.context.shape == cond.context.shape == (1, 77 * 3, uncond.context.shape[-1])
+    assert torch.equal(uncond.context[:, 77:154], encoder.encode(""))
     assert route(engine, "POST", "txt2img", {**BASE, "prompt": "a BREAK b BREAK c", "negative_prompt": "x"})["images"]
 
 
 def test_prompt_editing_switches_conditioning_at_its_step(encoder):
-    schedule = encoder.conditioning("a [cat:dog:2] in a hat", "", 6, 1).conds[0][1]
-    assert torch.equal(schedule.at(0), encoder.encode("a cat in a hat"))
-    assert torch.equal(schedule.at(1), encoder.encode("a cat in a hat"))  # steps 1 and 2 of 6
-    assert torch.equal(schedule.at(2), encoder.encode("a dog in a hat"))  # from step 3 on
+    schedule = encoder.conditioning("a [cat:dog:2] in a hat", "", 6, PARAMS).conds[0][1]
+    assert torch.equal(schedule.at(0).context, encoder.encode("a cat in a hat"))
+    assert torch.equal(schedule.at(1).context, encoder.encode("a cat in a hat"))  # steps 1 and 2 of 6
+    assert torch.equal(schedule.at(2).context, encoder.encode("a dog in a hat"))  # from step 3 on
 
 
 def test_alternation_cycles_per_step(encoder):
-    schedule = encoder.conditioning("[cat|dog]", "", 4, 1).conds[0][1]
-    assert [torch.equal(schedule.at(s), encoder.encode("cat")) for s in range(4)] == [True, False, True, False]
+    schedule = encoder.conditioning("[cat|dog]", "", 4, PARAMS).conds[0][1]
+    assert [torch.equal(schedule.at(s).context, encoder.encode("cat")) for s in range(4)] == [True, False, True, False]
 
 
 def test_prompt_editing_changes_the_image(engine):
@@ -100,7 +104,7 @@ def test_prompt_editing_changes_the_image(engine):
 
 
 def test_and_is_composable_diffusion(engine, encoder):
-    conditioning = encoder.conditioning("a cat AND a dog :0.5", "", 4, 1)
+    conditioning = encoder.conditioning("a cat AND a dog :0.5", "", 4, PARAMS)
     assert conditioning.weights == [1.0, 0.5]
     def pixels(prompt):
         output = route(engine, "POST", "txt2img", {**BASE, "prompt": prompt})
@@ -112,7 +116,7 @@ def test_and_is_composable_diffusion(engine, encoder):
 
 
 def test_clip_skip_changes_the_encoding_and_is_in_the_infotext(engine, encoder):
-    assert not torch.equal(encoder.encode("a cat", 2), encoder.encode("a cat", 1))
+    assert not torch.equal(encoder.encode("a cat", replace(PARAMS, clip_skip=2)), encoder.encode("a cat", PARAMS))
     output = route(engine, "POST", "txt2img", {**BASE, "prompt": "a cat",
                                                 "override_settings": {"CLIP_stop_at_last_layers": 2}})
     info = json.loads(output["info"])

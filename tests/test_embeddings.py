@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.prompts.embeddings import EmbeddingVector
+from engine.prompts.embeddings import EmbeddingVector, ForeignEmbedding
+from schemas import RequestError
 from schemas.infotext import parse_infotext
 from engine.tiny.addons import text_width, write_tiny_embedding
 from handler.router import route
@@ -47,7 +48,7 @@ def word_vectors(encoder, words: str) -> torch.Tensor:
     """The text encoder's input embeddings of the words' tokens: an embedding holding them must encode
     exactly like the words."""
     ids = encoder.tokenizer(words, add_special_tokens=False).input_ids
-    return encoder.text_encoder.get_input_embeddings().weight[ids].detach().clone()
+    return encoder.encoders[0][1].get_input_embeddings().weight[ids].detach().clone()
 
 
 def vector_positions(chunk_tokens) -> list[tuple[int, str, int]]:
@@ -95,8 +96,17 @@ def test_wrong_width_is_skipped_and_a_foreign_file_left_out(ti_engine, encoder):
     listing = route(ti_engine, "GET", "embeddings", {})
     assert list(listing["skipped"]) == ["Wide", "XL"]
     assert [(e["shape"], e["vectors"]) for e in listing["skipped"].values()] == [(768, 2), (1280 + 768, 3)]
-    assert vector_positions(encoder.chunks("a Wide cat")[0][0]) == []
     assert "notes" not in listing["loaded"] and "notes" not in listing["skipped"]
+
+
+@pytest.mark.parametrize("field", ["prompt", "negative_prompt"])
+def test_naming_an_embedding_of_another_family_is_an_error(ti_engine, encoder, field):
+    """A1111 would encode the name as plain text; the worker says the embedding doesn't fit."""
+    with pytest.raises(ForeignEmbedding, match="'XL'"):
+        encoder.chunks("a XL cat")
+    with pytest.raises(RequestError) as error:
+        route(ti_engine, "POST", "txt2img", {**BASE, field: "a photo, (Wide:1.2)"})
+    assert error.value.field == field and "'Wide'" in str(error.value) and "another model family" in str(error.value)
 
 
 def test_listing_in_a1111_shape(ti_engine):

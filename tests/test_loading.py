@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from engine.configs import CLIP_TOKENIZER_DIR, architecture_dir
-from engine.store.loading import UnsupportedCheckpoint, detect_architecture, load_pipeline
+from engine.families import UnsupportedCheckpoint
+from engine.store.loading import detect_architecture, load_pipeline
 from engine.store.models_dir import Checkpoint, list_checkpoints
 from schemas import Txt2ImgRequest
 
@@ -52,7 +53,9 @@ def test_load_pipeline_directly(models_dir):
 
 def test_detect_architecture_of_the_tiny_checkpoints(engine_models_dir):
     found = {c.model_name: detect_architecture(c) for c in list_checkpoints(engine_models_dir)}
-    assert found == {"tiny-sd15": "tiny-sd15", "tiny-sd15-inpainting": "tiny-sd15-inpainting"}
+    assert {name: a.config_dir.name for name, a in found.items()} == {
+        "tiny-sd15": "tiny-sd15", "tiny-sd15-inpainting": "tiny-sd15-inpainting"}
+    assert {a.family.name for a in found.values()} == {"SD 1.x"}
 
 
 def test_diffusers_folder_loads_and_generates_the_same_image(engine, diffusers_models_dir):

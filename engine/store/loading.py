@@ -68,8 +68,11 @@ def stored_dtype(checkpoint: Checkpoint) -> torch.dtype | None:
         return _SAFETENSORS_DTYPES.get(weights.get_slice(key).get_dtype()) if key in weights.keys() else None
 
 
-def load_pipeline(checkpoint: Checkpoint, architecture: Architecture, device: torch.device, dtype: torch.dtype):
+def load_pipeline(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype,
+                  architecture: Architecture | None = None):
+    """The checkpoint's pipeline (`architecture`: detect_architecture's, found again when not given)."""
     diffusers_logging.disable_progress_bar()  # worker logs, not a terminal
+    architecture = architecture or detect_architecture(checkpoint)
     if checkpoint.is_single_file:
         converted = usable_conversion(checkpoint)
         if converted:

@@ -28,7 +28,8 @@ RUN --mount=type=secret,id=HF_TOKEN,env=HF_TOKEN --mount=type=secret,id=CIVITAI_
 
 FROM fetch AS bake
 # the same bake again, now converting single files into the form that loads fastest (skips the fetched)
-COPY engine/store/converted.py engine/store/loading.py engine/families/ldm_format.py ./engine/
+COPY engine/store ./engine/store
+COPY engine/families ./engine/families
 COPY engine/configs ./engine/configs
 RUN python -m engine.store.bake --manifest models.toml --models-dir /models
 

@@ -28,6 +28,9 @@ $(VENV)/.installed: pyproject.toml
 $(DEMO_MODEL): | install
 	$(PY) -m engine.tiny --models-dir $(DEMO_MODELS_DIR)
 	$(PY) -m engine.tiny.lora --models-dir $(DEMO_MODELS_DIR)  # Lora/tiny-lora: try <lora:tiny-lora:0.8>
+	$(PY) -m engine.tiny --models-dir $(DEMO_MODELS_DIR) --family sdxl  # SDXL: sd_model_checkpoint tiny-sdxl
+	$(PY) -m engine.tiny --models-dir $(DEMO_MODELS_DIR) --family sdxl-refiner  # refiner_checkpoint
+	$(PY) -m engine.tiny.lora --models-dir $(DEMO_MODELS_DIR) --family sdxl  # <lora:tiny-sdxl-lora:1> on tiny-sdxl
 
 $(DEMO_FACES): | install
 	$(PY) -m engine.tiny.faces --models-dir $(DEMO_MODELS_DIR)

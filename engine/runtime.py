@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
@@ -37,9 +38,20 @@ from .tasks.progress import Progress
 from .tasks.sd_upscale import sd_upscale
 from .settings import Settings
 from .prompts.styles import StyleLibrary
+from .tasks.plan import Plan, plan_of
 from .tasks.txt2img import txt2img
 from .postprocess.upscalers import Upscalers
 from .store.vae import Vaes
+
+
+class Models(NamedTuple):
+    """What a generation runs with: its model and options, the hires pass's model, the refiner, the face restorer."""
+
+    model: LoadedModel
+    options: Options
+    hires: LoadedModel
+    refiner: LoadedModel | None
+    faces: FaceRestorer | None
 
 
 class Engine:
@@ -108,38 +120,37 @@ class Engine:
             self._loaded[checkpoint.path] = LoadedModel(checkpoint, architecture, pipe, self.loras, self.embeddings)
         return self._loaded[checkpoint.path]
 
-    def _request_options(self, request: GenerationRequest) -> tuple[LoadedModel, Options]:
-        """The request's model and options (the server's with its overrides), checked against that model; the
-        model's VAE set from them. Nothing is stored: a request keeps its overrides only once it succeeded."""
-        options = self.options.merged(request.override_settings)
+    def _request_model(self, options: Options) -> LoadedModel:
+        """The model a request's options (the server's with its overrides) select, checked against them; its VAE set
+        from them. Nothing is stored: a request keeps its overrides only once it succeeded."""
         checkpoint = self.find_checkpoint(options.sd_model_checkpoint, "override_settings.sd_model_checkpoint")
         model = self.model_for(checkpoint)
         _check_against_model(options, model, "override_settings.")
         self._apply_vae(model, options.sd_vae, "override_settings.sd_vae")
-        return model, options
+        return model
 
     def _apply_vae(self, model: LoadedModel, option: str, field: str) -> None:
         """Make `model` decode and encode with the VAE the sd_vae value `option` names (given in `field`)."""
         model.use_vae(*self.vaes.find(option, model.checkpoint, model.architecture, field))
 
-    def _generate(self, request: GenerationRequest, operation, hires_checkpoint: str | None = None) -> Generation:
-        """Run `operation(model, options, hires_model, refiner)` for a txt2img or img2img request (`hires_checkpoint`:
-        hr_checkpoint_name, loaded with the request's VAE; `refiner`: refiner_checkpoint's model, or None); after
-        success keep its overrides when it asks to (override_settings_restore_afterwards: false). Every model it
-        loads counts in the model cache (WORKER_MAX_MODELS), the request's own last, so none of them is evicted."""
+    def _generate(self, request: GenerationRequest, operation: Callable[[Plan, Models], Generation]) -> Generation:
+        """Translate a txt2img or img2img request into its plan and run `operation(plan, models)`; after success keep
+        its overrides when it asks to (override_settings_restore_afterwards: false). The models it needs (its own,
+        hr_checkpoint_name's with the request's VAE, the refiner) count in the model cache (WORKER_MAX_MODELS), the
+        request's own loaded last."""
         width, height = request.output_size
         with out_of_memory_as_error(self.device, f"{width}x{height}, batch {request.batch_size}"):
-            refiner = self._refiner(request)
-            hires_model = None
-            if hires_checkpoint:
-                hires_model = self.model_for(self.find_checkpoint(hires_checkpoint, "hr_checkpoint_name"))
-            model, options = self._request_options(request)
-            if hires_model is None:
-                hires_model = model
-            else:
+            options = self.options.merged(request.override_settings)
+            plan = plan_of(request, options)
+            refiner = self._load(plan.refiner.checkpoint, "refiner_checkpoint") if plan.refiner else None
+            hires_checkpoint = plan.hires.checkpoint if plan.hires else None
+            hires_model = self._load(hires_checkpoint, "hr_checkpoint_name") if hires_checkpoint else None
+            model = self._request_model(options)
+            if hires_model is not None:
                 self._apply_vae(hires_model, options.sd_vae, "override_settings.sd_vae")
+            models = Models(model, options, hires_model or model, refiner, self._face_restorer(request, options))
             try:
-                generation = operation(model, options, hires_model, refiner)
+                generation = operation(plan, models)
             finally:
                 for used in {id(m): m for m in (model, hires_model, refiner) if m is not None}.values():
                     used.loras.deactivate()  # the next request starts from the base model
@@ -147,35 +158,29 @@ class Engine:
             self.options = _selecting(options, model.checkpoint)
         return generation
 
+    def _load(self, name: str, field: str) -> LoadedModel:
+        return self.model_for(self.find_checkpoint(name, field))
+
     def _face_restorer(self, request: GenerationRequest, options: Options) -> FaceRestorer | None:
         """restore_faces' restorer, loaded before generating (a missing file fails the request first)."""
         if not restores_faces(request, options):
             return None
         return self.faces.find(options.face_restoration_model, "restore_faces").with_weight(options.code_former_weight)
 
-    def _refiner(self, request: GenerationRequest) -> LoadedModel | None:
-        """refiner_checkpoint's model, loaded (A1111 reads "None" and "" as none)."""
-        name = request.refiner_checkpoint
-        if name in (None, "", "None", "none"):
-            return None
-        return self.model_for(self.find_checkpoint(name, "refiner_checkpoint"))
-
     def txt2img(self, request: Txt2ImgRequest, firstpass_image: Image.Image | None = None) -> Generation:
-        return self._generate(request, lambda model, options, hires_model, refiner: txt2img(
-            model, request, options, self.upscalers, self.progress, self._face_restorer(request, options),
-            hires_model, firstpass_image, refiner), request.hires_checkpoint)
+        return self._generate(request, lambda plan, m: txt2img(
+            m.model, plan, m.options, self.upscalers, self.progress, m.faces, m.hires, firstpass_image, m.refiner))
 
     def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None,
                 latent_mask: Image.Image | None = None) -> Generation:
-        return self._generate(request, lambda model, options, hires_model, refiner: img2img(
-            model, request, options, init_images, mask, self.progress, self._face_restorer(request, options),
-            latent_mask, refiner=refiner))
+        return self._generate(request, lambda plan, m: img2img(
+            m.model, plan, m.options, init_images, mask, self.progress, m.faces, latent_mask, refiner=m.refiner))
 
     def sd_upscale(self, request: Img2ImgRequest, image: Image.Image, upscaler: str) -> Generation:
         """A1111's "SD upscale" script (request.script): `image` upscaled with `upscaler`, redrawn in tiles."""
-        return self._generate(request, lambda model, options, hires_model, refiner: sd_upscale(
-            model, request, options, image, upscaler, self.upscalers, self.progress,
-            self._face_restorer(request, options), refiner))
+        return self._generate(request, lambda plan, m: sd_upscale(
+            m.model, plan, request.script, m.options, image, upscaler, self.upscalers, self.progress, m.faces,
+            m.refiner))
 
     def extras(self, request: ExtrasRequest, images: list[Image.Image]) -> Extras:
         """Upscale images and restore faces (A1111's extra-single-image / extra-batch-images), in the server

@@ -287,9 +287,9 @@ def test_sd_upscale_batches_tiles_and_seeds_them_as_a1111(engine, init, monkeypa
     calls = []
     original = sd_upscale_module.img2img
 
-    def recording(model, request, options, tiles, *rest, **named):
-        calls.append((request.seed, len(tiles)))
-        return original(model, request, options, tiles, *rest, **named)
+    def recording(model, plan, options, tiles, *rest, **named):
+        calls.append((plan.seeds.seed, len(tiles)))
+        return original(model, plan, options, tiles, *rest, **named)
 
     monkeypatch.setattr(sd_upscale_module, "img2img", recording)
     body = ok(Worker(engine), "img2img", {**TINY, "init_images": [b64(init)], "batch_size": 4, "n_iter": 2,

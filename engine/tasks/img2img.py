@@ -16,16 +16,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from schemas import Img2ImgRequest, Options
+from schemas import Options
 from schemas.limits import MAX_SIDE
 
 from ..imaging import image_ops
 from ..postprocess.face_restoration import FaceRestorer
 from .generation import Generation
 from .job import Job
+from .plan import Plan
 from ..store.model import LoadedModel
 from .progress import Progress
-from ..sampling.loop import Inpainting, img2img_steps, set_schedule
+from ..sampling.loop import Inpainting
 from .tiling import tiled
 
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # inpainting_fill 0..3
@@ -34,7 +35,7 @@ FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = range(4)
 
 
 @dataclass
-class MaskPlan:
+class FittedMask:
     """How a request's mask applies to the init images of one size (the mask is fitted to each size)."""
 
     repaint: Image.Image  # "L" at width x height: what is repainted, in the generated frame
@@ -48,41 +49,42 @@ class MaskPlan:
         return self.repaint if self.latent is None else self.latent
 
 
-def img2img(model: LoadedModel, request: Img2ImgRequest, options: Options,
+def img2img(model: LoadedModel, plan: Plan, options: Options,
             init_images: list[Image.Image], mask: Image.Image | None, progress: Progress | None = None,
             faces: FaceRestorer | None = None, latent_mask: Image.Image | None = None,
             script_params: dict[str, Any] | None = None, refiner: LoadedModel | None = None) -> Generation:
     """`latent_mask` (with a mask): the mask that keeps the original in the latents at each step, as is (A1111's
     latent_mask), in place of the blurred repaint mask. `script_params`: infotext keys of a script that runs
-    img2img, before img2img's own (as in A1111). `refiner`: refiner_checkpoint's model."""
-    job = Job(model, request, options, progress, faces, refiner)
+    img2img, before img2img's own (as in A1111). `refiner`: the plan's refiner, loaded."""
+    job = Job(model, plan, options, progress, faces, refiner)
     job.extra_params.update(script_params or {})
-    plans = {image.size: _plan_mask(request, mask, image.size, latent_mask) for image in init_images} \
+    fitted = {image.size: _fit_mask(plan, mask, image.size, latent_mask) for image in init_images} \
         if mask is not None else {}
-    _add_params(job, request, plans.get(init_images[0].size))
-    count = len(job.all_seeds)
+    _add_params(job, plan, fitted.get(init_images[0].size))
+    count = len(plan.seeds.seeds)
     sources = [init_images[i % len(init_images)].convert("RGB") for i in range(count)]  # A1111 cycles them
     images: list[Image.Image] = []
-    with tiled(model.unet, model.vae, enabled=bool(request.tiling)):
+    with tiled(model.unet, model.vae, enabled=plan.tiling):
         for seeds, subseeds in job.batches():
-            batch = [(image, plans.get(image.size)) for image in sources[len(images):len(images) + len(seeds)]]
-            images += _generate(job, request, options, batch, seeds, subseeds)
+            batch = [(image, fitted.get(image.size)) for image in sources[len(images):len(images) + len(seeds)]]
+            images += _generate(job, batch, seeds, subseeds)
     return job.result(images)
 
 
-def _plan_mask(request: Img2ImgRequest, mask: Image.Image, image_size: tuple[int, int],
-               latent_mask: Image.Image | None) -> MaskPlan:
+def _fit_mask(plan: Plan, mask: Image.Image, image_size: tuple[int, int],
+              latent_mask: Image.Image | None) -> FittedMask:
+    settings, (width, height) = plan.image.mask, plan.first.size
     prepared = image_ops.prepare_mask(image_ops.mask_from_image(mask).resize(image_size),
-                                      request.mask_blur_x, request.mask_blur_y, bool(request.inpainting_mask_invert))
+                                      settings.blur_x, settings.blur_y, settings.invert)
     latent = image_ops.mask_from_image(latent_mask) if latent_mask is not None else None
-    if request.inpaint_full_res and (box := image_ops.crop_region(prepared, request.inpaint_full_res_padding)):
-        box = image_ops.expand_to_aspect(box, request.width, request.height, *image_size)
-        repaint = image_ops.resize_image(prepared.crop(box), request.width, request.height, 2).convert("L")
-        return MaskPlan(repaint, prepared, box, latent)
+    if settings.only_masked and (box := image_ops.crop_region(prepared, settings.padding)):
+        box = image_ops.expand_to_aspect(box, width, height, *image_size)
+        repaint = image_ops.resize_image(prepared.crop(box), width, height, 2).convert("L")
+        return FittedMask(repaint, prepared, box, latent)
     # "whole picture" (or an empty mask, where "only masked" has nothing to crop: A1111 does the same)
-    mode = 0 if request.resize_mode == LATENT_RESIZE_MODE else request.resize_mode
-    repaint = image_ops.resize_image(prepared, request.width, request.height, mode).convert("L")
-    return MaskPlan(repaint, _strengthen(repaint), None, latent)
+    mode = 0 if plan.image.resize_mode == LATENT_RESIZE_MODE else plan.image.resize_mode
+    repaint = image_ops.resize_image(prepared, width, height, mode).convert("L")
+    return FittedMask(repaint, _strengthen(repaint), None, latent)
 
 
 def _strengthen(mask: Image.Image) -> Image.Image:
@@ -90,14 +92,16 @@ def _strengthen(mask: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8))
 
 
-def _frame(request: Img2ImgRequest, image: Image.Image, plan: MaskPlan | None) -> tuple[Image.Image, Image.Image]:
+def _frame(plan: Plan, image: Image.Image, fitted: FittedMask | None) -> tuple[Image.Image, Image.Image]:
     """(the picture the output is composed on, the picture that is encoded and denoised)."""
-    if plan is not None and plan.box is not None:
-        return image, image_ops.resize_image(image.crop(plan.box), request.width, request.height, 2)
-    if request.resize_mode == LATENT_RESIZE_MODE:
-        resized = image_ops.resize_image(image, request.width, request.height, 0)
+    width, height = plan.first.size
+    mode = plan.image.resize_mode
+    if fitted is not None and fitted.box is not None:
+        return image, image_ops.resize_image(image.crop(fitted.box), width, height, 2)
+    if mode == LATENT_RESIZE_MODE:
+        resized = image_ops.resize_image(image, width, height, 0)
         return resized, image.resize(_latent_mode_size(image), Image.Resampling.LANCZOS)
-    resized = image_ops.resize_image(image, request.width, request.height, request.resize_mode)
+    resized = image_ops.resize_image(image, width, height, mode)
     return resized, resized
 
 
@@ -109,56 +113,54 @@ def _latent_mode_size(image: Image.Image) -> tuple[int, int]:
     return tuple(max(int(side * scale) // multiple, 1) * multiple for side in image.size)
 
 
-def _generate(job: Job, request: Img2ImgRequest, options: Options, sources: list[tuple[Image.Image, MaskPlan | None]],
-              seeds: list[int], subseeds: list[int]) -> list[Image.Image]:
-    """One batch: each source image with its mask plan (all None without a mask)."""
-    model = job.model
-    plans = [plan for _, plan in sources]
-    frames = [_frame(request, image, plan) for image, plan in sources]
-    encoded = [image_ops.fill_masked(work, plan.repaint) if plan and request.inpainting_fill == FILL else work
-               for (_, work), plan in zip(frames, plans)]
+def _generate(job: Job, sources: list[tuple[Image.Image, FittedMask | None]], seeds: list[int],
+              subseeds: list[int]) -> list[Image.Image]:
+    """One batch: each source image with its fitted mask (all None without a mask)."""
+    model, plan, sampling = job.model, job.plan, job.plan.first
+    fill = plan.image.mask.fill
+    masks = [fitted for _, fitted in sources]
+    frames = [_frame(plan, image, fitted) for image, fitted in sources]
+    encoded = [image_ops.fill_masked(work, fitted.repaint) if fitted and fill == FILL else work
+               for (_, work), fitted in zip(frames, masks)]
     init = model.encode_images(encoded)
-    latent_size = (request.height // model.scale_factor, request.width // model.scale_factor)
+    latent_size = (sampling.height // model.scale_factor, sampling.width // model.scale_factor)
     if init.shape[-2:] != latent_size:
         init = F.interpolate(init, size=latent_size, mode="bilinear")
-    noise, generators = job.noise(seeds, subseeds, request.width, request.height)
-    noise = noise * (request.initial_noise_multiplier or 1.0)
-    inpainting = _inpainting(job, request, plans, init, noise, [work for _, work in frames])
+    noise, generators = job.noise(seeds, subseeds, sampling.size)
+    noise = noise * plan.image.noise_multiplier
+    inpainting = _inpainting(job, masks, init, noise, [work for _, work in frames])
     if inpainting is not None and not model.is_inpainting:
-        init = _fill_latents(request.inpainting_fill, init, inpainting.mask, noise)
+        init = _fill_latents(fill, init, inpainting.mask, noise)
 
-    scheduler = job.scheduler(seeds)
-    length, run = img2img_steps(request.steps, request.denoising_strength, options.img2img_fix_steps)
-    timesteps = set_schedule(scheduler, length, run, model.device)
-    size = request.width, request.height
-    conditioning = job.prepare(request.prompts, request.steps, size)
-    switch = job.refiner_switch(request.prompts, request.steps, size, hires=False)
+    scheduler, timesteps = job.scheduler(seeds, sampling)
+    conditioning = job.prepare(sampling)
+    switch = job.refiner_switch(sampling, hires=False)
     latents = job.denoise(scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]), conditioning,
-                          generators, inpainting, switch=switch)
+                          generators, sampling, inpainting=inpainting, switch=switch)
     generated = job.restore_faces(model.decode_latents(latents))
-    return [_compose(canvas, image, plan) for (canvas, _), image, plan in zip(frames, generated, plans)]
+    return [_compose(canvas, image, fitted) for (canvas, _), image, fitted in zip(frames, generated, masks)]
 
 
-def _inpainting(job: Job, request: Img2ImgRequest, plans: list[MaskPlan | None], init: torch.Tensor,
-                noise: torch.Tensor, pictures: list[Image.Image]) -> Inpainting | None:
-    """The batch's masks (`plans`: one per image, all None without a mask) at latent size."""
+def _inpainting(job: Job, masks: list[FittedMask | None], init: torch.Tensor, noise: torch.Tensor,
+                pictures: list[Image.Image]) -> Inpainting | None:
+    """The batch's masks (`masks`: one per image, all None without a mask) at latent size."""
     model = job.model
-    masked_request = plans[0] is not None
+    masked_request = masks[0] is not None
     if not masked_request and not model.is_inpainting:
         return None
     batch, _, h, w = init.shape
     if not masked_request:  # an inpainting checkpoint without a mask: everything may change
         mask = torch.ones(batch, 1, h, w, device=init.device)
     else:
-        small = np.stack([np.asarray(plan.blend.resize((w, h)), dtype=np.float32) / 255 for plan in plans])
-        if request.mask_round:
+        small = np.stack([np.asarray(fitted.blend.resize((w, h)), dtype=np.float32) / 255 for fitted in masks])
+        if job.plan.image.mask.round:
             small = np.around(small)
         mask = torch.from_numpy(small).to(init.device)[:, None]
     if not model.is_inpainting:
         return Inpainting(init, mask, noise)
     size = pictures[0].size  # every picture is width x height
-    binaries = [plan.repaint.point(lambda v: 255 if v >= 128 else 0) if plan else Image.new("L", size, 255)
-                for plan in plans]
+    binaries = [fitted.repaint.point(lambda v: 255 if v >= 128 else 0) if fitted else Image.new("L", size, 255)
+                for fitted in masks]
     gray = Image.new("RGB", size, (127, 127, 127))
     masked = model.encode_images([Image.composite(gray, picture, binary)
                                   for picture, binary in zip(pictures, binaries)])
@@ -176,28 +178,29 @@ def _fill_latents(fill: int, init: torch.Tensor, mask: torch.Tensor, noise: torc
     return init
 
 
-def _compose(canvas: Image.Image, generated: Image.Image, plan: MaskPlan | None) -> Image.Image:
-    if plan is None:
+def _compose(canvas: Image.Image, generated: Image.Image, fitted: FittedMask | None) -> Image.Image:
+    if fitted is None:
         return generated
-    if plan.box is not None:
-        generated = image_ops.paste_region(canvas, generated, plan.box)
-    return image_ops.composite_original(canvas, generated, plan.overlay)
+    if fitted.box is not None:
+        generated = image_ops.paste_region(canvas, generated, fitted.box)
+    return image_ops.composite_original(canvas, generated, fitted.overlay)
 
 
-def _add_params(job: Job, request: Img2ImgRequest, plan: MaskPlan | None) -> None:
-    extra = job.extra_params
-    extra["Denoising strength"] = request.denoising_strength
-    if request.initial_noise_multiplier not in (None, 1):
-        extra["Noise multiplier"] = request.initial_noise_multiplier
-    if plan is None:
+def _add_params(job: Job, plan: Plan, fitted: FittedMask | None) -> None:
+    extra, image = job.extra_params, plan.image
+    extra["Denoising strength"] = plan.first.strength
+    if image.noise_multiplier != 1:
+        extra["Noise multiplier"] = image.noise_multiplier
+    if fitted is None:
         return
-    if request.mask_blur_x == request.mask_blur_y:
-        extra["Mask blur"] = request.mask_blur_x
+    mask = image.mask
+    if mask.blur_x == mask.blur_y:
+        extra["Mask blur"] = mask.blur_x
     else:
-        extra["Mask blur x"], extra["Mask blur y"] = request.mask_blur_x, request.mask_blur_y
-    if request.inpainting_mask_invert:
+        extra["Mask blur x"], extra["Mask blur y"] = mask.blur_x, mask.blur_y
+    if mask.invert:
         extra["Mask mode"] = "Inpaint not masked"
-    extra["Masked content"] = MASKED_CONTENT[request.inpainting_fill]
-    if plan.box is not None:
+    extra["Masked content"] = MASKED_CONTENT[mask.fill]
+    if fitted.box is not None:
         extra["Inpaint area"] = "Only masked"
-        extra["Masked area padding"] = request.inpaint_full_res_padding
+        extra["Masked area padding"] = mask.padding

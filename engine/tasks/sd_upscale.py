@@ -13,16 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from schemas import Img2ImgRequest, Options, RequestError, limits
+from schemas import Options, RequestError, limits
 from schemas.scripts import FIELD, SdUpscaleArgs
 
 from ..postprocess.face_restoration import FaceRestorer
+from ..postprocess.upscalers import Upscalers
+from ..store.model import LoadedModel
 from .generation import Generation, joined, replaced
 from .img2img import img2img
-from ..store.model import LoadedModel
-from ..sampling.noise import resolve_seed
+from .plan import Plan
 from .progress import Progress
-from ..postprocess.upscalers import Upscalers
 
 UPSCALER_FIELD = SdUpscaleArgs.field("upscaler_index", with_name=False)
 
@@ -89,44 +89,43 @@ def _paste_fading_in(canvas: Image.Image, piece: Image.Image, position: tuple[in
     canvas.paste(piece.crop(tail), rest)
 
 
-def plan(request: Img2ImgRequest, image_size: tuple[int, int], upscaler: str) -> TileGrid:
+def tile_grid(plan: Plan, args: SdUpscaleArgs, image_size: tuple[int, int], upscaler: str) -> TileGrid:
     """The tiles of the upscaled image, checked against the limits before any work."""
-    args: SdUpscaleArgs = request.script
     size = args.output_size(image_size, upscaler)
-    tile = request.width, request.height
+    tile = plan.first.size
+    n_iter = plan.seeds.batch_count
     if size[0] < tile[0] or size[1] < tile[1]:
         raise RequestError(args.field("scale_factor", with_name=False),
                            f"the upscaled image ({size[0]}x{size[1]}) is smaller than a tile ({tile[0]}x{tile[1]}, "
                            "width x height); raise scale_factor or lower width and height")
     grid = TileGrid.of(size, tile, args.overlap)
-    if grid.count * request.n_iter > limits.MAX_SD_UPSCALE_TILES:
-        raise RequestError(FIELD, f"SD upscale would redraw {grid.count * request.n_iter} tiles ({len(grid.xs)}x"
-                                  f"{len(grid.ys)} of {tile[0]}x{tile[1]}, times n_iter {request.n_iter}); the limit "
+    if grid.count * n_iter > limits.MAX_SD_UPSCALE_TILES:
+        raise RequestError(FIELD, f"SD upscale would redraw {grid.count * n_iter} tiles ({len(grid.xs)}x"
+                                  f"{len(grid.ys)} of {tile[0]}x{tile[1]}, times n_iter {n_iter}); the limit "
                                   f"is {limits.MAX_SD_UPSCALE_TILES} (WORKER_MAX_SD_UPSCALE_TILES); raise width and "
                                   "height or lower scale_factor")
     return grid
 
 
-def sd_upscale(model: LoadedModel, request: Img2ImgRequest, options: Options, image: Image.Image, upscaler: str,
-               upscalers: Upscalers, progress: Progress, faces: FaceRestorer | None = None,
+def sd_upscale(model: LoadedModel, plan: Plan, args: SdUpscaleArgs, options: Options, image: Image.Image,
+               upscaler: str, upscalers: Upscalers, progress: Progress, faces: FaceRestorer | None = None,
                refiner: LoadedModel | None = None) -> Generation:
     """n_iter upscales of `image` with `upscaler` (an A1111 name), each redrawn in tiles (with `refiner`, the
-    request's refiner_checkpoint)."""
-    grid = plan(request, image.size, upscaler)
+    plan's refiner, loaded)."""
+    grid = tile_grid(plan, args, image.size, upscaler)
     image = image.convert("RGB")
     if upscaler != "None":
         image = upscalers.find(upscaler, UPSCALER_FIELD)(image, *grid.size)
     tiles = grid.split(image)
-    params = {"SD upscale overlap": request.script.overlap, "SD upscale upscaler": upscaler}
-    seed, subseed = resolve_seed(request.seed), resolve_seed(request.subseed)
+    params = {"SD upscale overlap": args.overlap, "SD upscale upscaler": upscaler}
+    batch_size = plan.seeds.batch_size
     results: list[Generation] = []
-    for n in range(request.n_iter):
+    for n in range(plan.seeds.batch_count):
         batches = []
-        for index, start in enumerate(range(0, len(tiles), request.batch_size)):
-            batch = tiles[start:start + request.batch_size]
-            tile_request = request.model_copy(update={"seed": seed + n + index, "subseed": subseed,
-                                                      "batch_size": len(batch), "n_iter": 1})
-            batches.append(img2img(model, tile_request, options, batch, None, progress, faces,
+        for index, start in enumerate(range(0, len(tiles), batch_size)):
+            batch = tiles[start:start + batch_size]
+            tile_plan = plan.with_seeds(plan.seeds.seed + n + index, len(batch))
+            batches.append(img2img(model, tile_plan, options, batch, None, progress, faces,
                                    script_params=params, refiner=refiner))
             if progress.interrupted:
                 break

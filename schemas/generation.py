@@ -11,6 +11,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 from pydantic_core import PydanticCustomError
 
 from . import limits
+from .controlnet import ControlNetUnit, controlnet_units
 from .errors import RequestError, cut
 from .extra_networks import LoraTag, PassPrompts, pass_prompts
 from .infotext import request_from_infotext
@@ -40,7 +41,6 @@ class GenerationRequest(BaseModel):
     # Fields accepted but not implemented yet: a value outside these is refused, never dropped.
     # Subclasses add their own; an issue that implements one removes it here.
     not_implemented: ClassVar[dict[str, tuple[Any, ...]]] = {
-        "alwayson_scripts": (None, {}),
         "save_images": (False,),
     }
 
@@ -90,6 +90,7 @@ class GenerationRequest(BaseModel):
     infotext: str | None = None
     _prompts: PassPrompts = PrivateAttr()
     _script: ScriptArgs | None = PrivateAttr(None)
+    _control_units: tuple[ControlNetUnit, ...] = PrivateAttr(())
 
     # infotext key -> request field, for the `infotext` field (A1111's paste fields); subclasses add their own
     infotext_fields: ClassVar[dict[str, str]] = {
@@ -215,6 +216,19 @@ class GenerationRequest(BaseModel):
         except ValueError as error:
             raise PydanticCustomError("script", "{error}", {"error": str(error)}) from None
         return self
+
+    @model_validator(mode="after")
+    def _read_alwayson_scripts(self):
+        try:
+            self._control_units = controlnet_units(self.alwayson_scripts)
+        except RequestError as error:
+            raise PydanticCustomError("alwayson_scripts", "{error}", {"error": str(error)}) from None
+        return self
+
+    @property
+    def control_units(self) -> tuple[ControlNetUnit, ...]:
+        """The enabled ControlNet units (alwayson_scripts.controlnet), checked."""
+        return self._control_units
 
     @property
     def script(self) -> ScriptArgs | None:

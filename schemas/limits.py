@@ -54,6 +54,7 @@ MAX_UPSCALE = 8  # A1111's UI maximum for upscaling_resize; also SD upscale's sc
 # built-in scripts (script_name)
 MAX_PROMPT_LINES = _setting("WORKER_MAX_PROMPT_LINES", 100)  # "Prompts from file or textbox": non-empty lines
 MAX_SD_UPSCALE_TILES = _setting("WORKER_MAX_SD_UPSCALE_TILES", 100)  # "SD upscale": tiles x n_iter
+MAX_CONTROLNET_UNITS = _setting("WORKER_MAX_CONTROLNET_UNITS", 4)  # alwayson_scripts.controlnet.args
 
 # the request as a whole
 MAX_NESTING = 32  # JSON arrays and objects inside each other

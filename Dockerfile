@@ -13,8 +13,7 @@ COPY pyproject.toml docker/constraints.txt ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.txt \
     && pip install -r requirements.txt -c constraints.txt \
-    && pip install "spandrel==0.4.2" "spandrel-extra-arches==0.2.0" "einops==0.8.2" \
-        "opencv-python-headless==4.13.0.92"
+    && pip install "spandrel==0.4.2" "spandrel-extra-arches==0.2.0" "einops==0.8.2"
 
 FROM deps AS fetch
 ARG MANIFEST=models.toml

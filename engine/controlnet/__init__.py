@@ -1,0 +1,1 @@
+"""ControlNet, as the sd-webui-controlnet extension's API offers it: preprocessors ("modules") and units."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -46,6 +47,15 @@ def set_schedule(scheduler, length: int, run: int, device) -> torch.Tensor:
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     return scheduler.timesteps[start:]
+
+
+class Control(Protocol):
+    """What adds to the UNet's skip connections at each step (ControlNet units, engine/controlnet)."""
+
+    def residuals(self, done: float, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                  added: dict[str, torch.Tensor], uncond_rows: int) -> dict[str, object]:
+        """The UNet's extra keyword arguments for a step `done` of the way through its pass (none: {}); `sample` is
+        the scaled latents of every row, the first `uncond_rows` rows the negative prompt's."""
 
 
 @dataclass
@@ -100,13 +110,14 @@ def _step_kwargs(scheduler, generators, eta: float) -> dict:
 def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, conditioning: Conditioning,
             guidance: Guidance, generators: list[torch.Generator], eta: float = 0.0,
             inpainting: Inpainting | None = None, progress: Progress | None = None,
-            switch: Switch | None = None) -> torch.Tensor:
+            switch: Switch | None = None, control: Control | None = None) -> torch.Tensor:
     """Run `timesteps` from `latents` (already noised to the first timestep's level).
 
     `eta` goes to schedulers whose step takes it (DDIM); schedulers with A1111's churn (engine/sampling/churn.py)
     lift the latents before the model evaluates a step. The text context and the family's other per-prompt inputs
-    (SDXL's pooled embedding and size ids) go to the UNet with each evaluation; `switch` moves the run to another
-    model part way. Reports each step to `progress` and stops early when it is interrupted or skipped.
+    (SDXL's pooled embedding and size ids) go to the UNet with each evaluation, with `control`'s residuals; `switch`
+    moves the run to another model part way (without the control, made for the first). Reports each step to
+    `progress` and stops early when it is interrupted or skipped.
     """
     batch = latents.shape[0]
     step_kwargs = _step_kwargs(scheduler, generators, eta)
@@ -117,7 +128,7 @@ def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, con
                 break
             progress.step(index, len(timesteps))
         if switch is not None and not switch.switched and switch.due(index, len(timesteps), timestep):
-            unet, conditioning, switch.switched = switch.unet, switch.conditioning, True
+            unet, conditioning, control, switch.switched = switch.unet, switch.conditioning, None, True
         if churn is not None:
             latents, timestep = churn(latents, timestep, generators)
         uncond, conds = conditioning.at(index // scheduler.order)
@@ -130,8 +141,11 @@ def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, con
         context = torch.cat([c.context.expand(batch, -1, -1) for c in conditions]).to(unet.dtype)
         added = {key: torch.cat([c.inputs[key].expand(batch, -1) for c in conditions]).to(unet.dtype)
                  for key in conditions[0].inputs}
+        residuals = {} if control is None else control.residuals(
+            index / len(timesteps), model_input[:, :latents.shape[1]], timestep, context, added,
+            0 if skip_uncond else batch)
         predictions = unet(model_input.to(unet.dtype), timestep, encoder_hidden_states=context,
-                           added_cond_kwargs=added or None).sample.float()
+                           added_cond_kwargs=added or None, **residuals).sample.float()
         guided = _guided(predictions.chunk(parts), conditioning.weights, guidance.cfg_scale, skip_uncond)
         latents = scheduler.step(guided, timestep, latents, **step_kwargs).prev_sample
         if inpainting is not None and inpainting.unet_extra is None:

@@ -1,0 +1,1 @@
+"""ControlNet, as the sd-webui-controlnet extension offers it: model files and preprocessors."""

@@ -15,6 +15,7 @@ from .store.models_dir import STYLES_FILE
 
 DEFAULT_MAX_MODELS = 2
 DEFAULT_MAX_LORAS = 8
+DEFAULT_MAX_CONTROLNETS = 2  # as sd-webui-controlnet's model cache
 DEFAULT_UPSCALE_TILE = 192  # pixels a side a neural upscaler sees at once; 0: whole images
 
 
@@ -33,6 +34,7 @@ class Settings:
     max_loras: int = DEFAULT_MAX_LORAS  # WORKER_MAX_LORAS: LoRAs kept loaded per checkpoint
     upscale_tile: int = DEFAULT_UPSCALE_TILE  # WORKER_UPSCALE_TILE
     styles_file: Path | None = None  # WORKER_STYLES_FILE (default: styles.csv in the models directory)
+    max_controlnets: int = DEFAULT_MAX_CONTROLNETS  # WORKER_MAX_CONTROLNETS: ControlNet models kept loaded
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -47,6 +49,7 @@ class Settings:
             max_loras=_whole(env, "WORKER_MAX_LORAS", DEFAULT_MAX_LORAS, minimum=1),
             upscale_tile=_whole(env, "WORKER_UPSCALE_TILE", DEFAULT_UPSCALE_TILE, minimum=0),
             styles_file=Path(env["WORKER_STYLES_FILE"]) if env.get("WORKER_STYLES_FILE") else None,
+            max_controlnets=_whole(env, "WORKER_MAX_CONTROLNETS", DEFAULT_MAX_CONTROLNETS, minimum=1),
         )
 
     @property

@@ -1,1 +1,1 @@
-"""ControlNet, as the sd-webui-controlnet extension's API offers it: preprocessors ("modules") and units."""
+"""ControlNet, as the sd-webui-controlnet extension offers it: model files, preprocessors ("modules") and units."""

@@ -17,6 +17,9 @@ The manifest lists models by kind, each with a source and optionally its sha256 
     source = "config/styles.csv"
     [[interrogate]]
     source = "hf://Salesforce/blip-image-captioning-base"   # /interrogate's BLIP captioner: BLIP/<repo name>/
+    [[controlnet]]                                               # sd-webui-controlnet's models: ControlNet/
+    source = "hf://xinsir/controlnet-canny-sdxl-1.0/diffusion_pytorch_model.safetensors"
+    name = "controlnet-canny-sdxl-1.0.safetensors"              # listed by its file name, as the extension does
 
 Sources: `hf://owner/repo/path/file` (one file), `hf://owner/repo` (a diffusers repo: configs and
 weights only, fp16 weights where the repo has them; for [[interrogate]], a transformers repo: configs,
@@ -49,8 +52,10 @@ FOLDERS = {"checkpoints": CHECKPOINTS_SUBDIR, "loras": "Lora", "embeddings": "em
            "upscalers": "ESRGAN",  # an upscaler entry may name its A1111 folder (RealESRGAN, SwinIR, ...)
            "face_restoration": "GFPGAN",  # or Codeformer/, FaceDetection/ (engine/postprocess/face_restoration.py)
            "interrogate": "BLIP",  # a transformers folder (engine/postprocess/interrogate.py)
+           "controlnet": "ControlNet",  # one file each (engine/controlnet/models.py)
            "styles": ""}  # the models directory itself
 SINGLE_FILES = {"styles": STYLES_FILE}  # kinds that are one file of a fixed name: one entry at most
+FILES_ONLY = {"controlnet"}  # kinds the worker reads only as files: an hf:// source names a file, not a repo
 CHUNK = 1 << 20
 _DIFFUSERS_FILES = ("model_index.json", "*/config.json", "*/*.txt", "*/*.json")  # configs, tokenizer, scheduler
 _TRANSFORMERS_FILES = ("*.json", "*.txt")  # configs, tokenizer, processor
@@ -86,10 +91,17 @@ def read_manifest(path: Path) -> list[Entry]:
         for item in items:
             if "source" not in item:
                 raise BakeError(f"{path}: a [[{kind}]] entry has no source")
+            if kind in FILES_ONLY and _is_hf_repo(item["source"]):
+                raise BakeError(f"{path}: a [[{kind}]] entry is one file (hf://owner/repo/path/file), not a repo: "
+                                f"{item['source']}")
             name = SINGLE_FILES.get(kind) or item.get("name") or _default_name(item["source"])
             entries.append(Entry(kind, item["source"], name, (item.get("sha256") or "").lower() or None,
                                  item.get("folder"), item.get("token_env")))
     return entries
+
+
+def _is_hf_repo(source: str) -> bool:
+    return source.startswith("hf://") and source.count("/") == 3
 
 
 def _default_name(source: str) -> str:

@@ -1,12 +1,13 @@
 """Write the tiny demo / test checkpoint: SD 1.x's architecture at tiny widths, random weights.
 
-    python -m engine.tiny --models-dir DIR [--family sd15|sdxl|sdxl-refiner] [--inpainting]
+    python -m engine.tiny --models-dir DIR [--family sd15|sdxl|sdxl-refiner] [--inpainting | --controlnet]
 
 writes DIR/Stable-diffusion/tiny-sd15.safetensors (with --inpainting, tiny-sd15-inpainting, a
 9-channel UNet; with --family sdxl, tiny-sdxl: SDXL base's architecture, two text encoders and the
 text_time UNet, and with --inpainting too, tiny-sdxl-inpainting; sdxl-refiner, tiny-sdxl-refiner) in
 the A1111 single-file layout, so it loads through the same path as real checkpoints. Weights come
-from a fixed seed: the file is the same on every run.
+from a fixed seed: the file is the same on every run. --controlnet writes the family's tiny ControlNet
+instead (engine/tiny/controlnet.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..configs import architecture_dir
 from ..families.ldm_format import to_single_file
 from ..store.models_dir import CHECKPOINTS_SUBDIR
 from ..families.sgm_format import to_sdxl_refiner_single_file, to_sdxl_single_file
+from .controlnet import CONTROLNETS, write_tiny_controlnet
 
 ARCHITECTURE = "tiny-sd15"
 INPAINTING = "tiny-sd15-inpainting"  # the same with a 9-channel UNet, as SD 1.5 inpainting checkpoints
@@ -79,8 +81,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models-dir", type=Path, required=True)
     parser.add_argument("--family", choices=FAMILIES, default="sd15", help="model family (default: sd15)")
     parser.add_argument("--inpainting", action="store_true", help="a 9-channel inpainting UNet (sd15 and sdxl)")
+    parser.add_argument("--controlnet", action="store_true", help="the family's tiny ControlNet (sd15 and sdxl)")
     parser.add_argument("--name", help="checkpoint file name, without extension (default: the architecture)")
     args = parser.parse_args(argv)
+    if args.controlnet:
+        if args.inpainting or args.family not in CONTROLNETS:
+            parser.error(f"--controlnet is offered for --family {' and '.join(CONTROLNETS)}, without --inpainting")
+        print(write_tiny_controlnet(args.models_dir, args.family, args.name))
+        return
     if args.inpainting and args.family not in INPAINTING_FAMILIES:
         parser.error(f"--inpainting is offered for --family {' and '.join(INPAINTING_FAMILIES)} only")
     architecture = (INPAINTING_FAMILIES if args.inpainting else FAMILIES)[args.family]

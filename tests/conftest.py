@@ -319,3 +319,46 @@ def demo_engine(demo_models_dir):
     from engine.runtime import Engine
 
     return Engine.start(models_dir=demo_models_dir, sd_model=TINY_NAME, device="cpu", dtype="float32")
+
+
+# ---------------------------------------------------------------- SDXL beside SD 1.5
+
+SDXL_NAME = "tiny-sdxl"
+SDXL_REFINER_NAME = "tiny-sdxl-refiner"
+SDXL_INPAINTING_NAME = "tiny-sdxl-inpainting"
+SDXL_LORA, SD15_LORA = "tiny-sdxl-lora", "tiny-lora"
+SDXL_EMBEDDING, SD15_EMBEDDING = "xlstyle", "sdstyle"
+# not named after a checkpoint, so that sd_vae "Automatic" leaves them out; the SDXL one is named as SDXL VAEs are
+SDXL_VAE, SD15_VAE = "sdxl-tiny-vae.safetensors", "sd15-tiny-vae.safetensors"
+
+
+@pytest.fixture(scope="session")
+def sdxl_models_dir(tmp_path_factory, tiny_checkpoint_path) -> Path:
+    """A mixed fleet: tiny-sdxl, tiny-sdxl-refiner and tiny-sdxl-inpainting beside tiny-sd15; a LoRA, a 2-vector
+    embedding and a VAE file of each family (names above); the tiny upscalers."""
+    from engine.tiny.addons import write_tiny_embedding, write_tiny_sdxl_embedding, write_tiny_vae
+    from engine.tiny.lora import write_tiny_lora, write_tiny_sdxl_lora
+    from engine.tiny.sd import SDXL, SDXL_INPAINTING, SDXL_REFINER, write_tiny_checkpoint
+
+    directory = tmp_path_factory.mktemp("sdxl-models")
+    (directory / "Stable-diffusion").mkdir()
+    shutil.copyfile(tiny_checkpoint_path, directory / "Stable-diffusion" / tiny_checkpoint_path.name)
+    for architecture in (SDXL, SDXL_REFINER, SDXL_INPAINTING):
+        write_tiny_checkpoint(directory, architecture=architecture)
+    write_tiny_sdxl_lora(directory, SDXL_LORA, seed=1)
+    write_tiny_lora(directory, SD15_LORA, seed=1)
+    write_tiny_sdxl_embedding(directory, SDXL_EMBEDDING, vectors=2, seed=1)
+    write_tiny_embedding(directory, SD15_EMBEDDING, vectors=2, seed=1)
+    write_tiny_vae(directory, SDXL_VAE, seed=2, architecture=SDXL)
+    write_tiny_vae(directory, SD15_VAE, seed=2)
+    write_tiny_upscalers(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def sdxl_engine(sdxl_models_dir):
+    """An engine on tiny-sdxl in sdxl_models_dir (CPU, float32, default options; shared: tests must not change
+    its options)."""
+    from engine.runtime import Engine
+
+    return Engine.start(models_dir=sdxl_models_dir, sd_model=SDXL_NAME, device="cpu", dtype="float32")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -38,10 +38,17 @@ from .tasks.progress import Progress
 from .tasks.sd_upscale import sd_upscale
 from .settings import Settings
 from .prompts.styles import StyleLibrary
+from .controlnet.annotators import Annotators
+from .controlnet.models import ControlNets
+from .controlnet.units import PreparedUnit
+from .controlnet.units import prepare as prepare_unit
 from .tasks.plan import Plan, plan_of
 from .tasks.txt2img import txt2img
 from .postprocess.upscalers import Upscalers
 from .store.vae import Vaes
+
+
+ControlImage = tuple["Image.Image | None", "Image.Image | None"]  # a ControlNet unit's image and mask
 
 
 class Models(NamedTuple):
@@ -52,6 +59,7 @@ class Models(NamedTuple):
     hires: LoadedModel
     refiner: LoadedModel | None
     faces: FaceRestorer | None
+    controls: list[PreparedUnit]  # the ControlNet units, prepared (their maps detected)
 
 
 class Engine:
@@ -66,6 +74,8 @@ class Engine:
         self.embeddings = Embeddings(models_dir)  # read on first use
         self.loras = LoraLibrary(models_dir, settings.max_loras)  # finds files; each checkpoint loads them on first use
         self.styles = StyleLibrary(settings.styles_path)  # read again when it changes
+        self.controlnets = ControlNets(models_dir, device, dtype, settings.max_controlnets)  # loads on first use
+        self.annotators = Annotators(models_dir, device)  # the same
         self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
         self.options = _selecting(Options(), checkpoint)  # hashes the checkpoint at start
         self.progress = Progress()
@@ -133,11 +143,13 @@ class Engine:
         """Make `model` decode and encode with the VAE the sd_vae value `option` names (given in `field`)."""
         model.use_vae(*self.vaes.find(option, model.checkpoint, model.architecture, field))
 
-    def _generate(self, request: GenerationRequest, operation: Callable[[Plan, Models], Generation]) -> Generation:
+    def _generate(self, request: GenerationRequest, operation: Callable[[Plan, Models], Generation],
+                  control_images: Sequence[ControlImage] = (), fallback: ControlImage = (None, None)) -> Generation:
         """Translate a txt2img or img2img request into its plan and run `operation(plan, models)`; after success keep
         its overrides when it asks to (override_settings_restore_afterwards: false). The models it needs (its own,
         hr_checkpoint_name's with the request's VAE, the refiner) count in the model cache (WORKER_MAX_MODELS), the
-        request's own loaded last."""
+        request's own loaded last. `control_images`: the enabled ControlNet units' (image, mask), in order (None
+        where a unit sent none: `fallback`, img2img's init image and mask, stands in)."""
         width, height = request.output_size
         with out_of_memory_as_error(self.device, f"{width}x{height}, batch {request.batch_size}"):
             options = self.options.merged(request.override_settings)
@@ -148,7 +160,9 @@ class Engine:
             model = self._request_model(options)
             if hires_model is not None:
                 self._apply_vae(hires_model, options.sd_vae, "override_settings.sd_vae")
-            models = Models(model, options, hires_model or model, refiner, self._face_restorer(request, options))
+            controls = self._prepare_controls(plan, model, control_images, fallback)
+            models = Models(model, options, hires_model or model, refiner, self._face_restorer(request, options),
+                            controls)
             try:
                 generation = operation(plan, models)
             finally:
@@ -156,7 +170,24 @@ class Engine:
                     used.loras.deactivate()  # the next request starts from the base model
         if not request.override_settings_restore_afterwards:
             self.options = _selecting(options, model.checkpoint)
+        if not options.control_net_no_detectmap:
+            generation.extra_images += [unit.fitted(plan.first.size) for unit in controls if unit.plan.save_map]
         return generation
+
+    def _prepare_controls(self, plan: Plan, model: LoadedModel, images: Sequence[ControlImage],
+                          fallback: ControlImage) -> list[PreparedUnit]:
+        """The plan's ControlNet units with their networks (of the model's family) loaded and their maps detected."""
+        units = []
+        for control, (image, mask) in zip(plan.controls, images or [(None, None)] * len(plan.controls)):
+            if image is None:
+                image, mask = fallback
+            if image is None:
+                raise RequestError(control.field("image"), "a unit needs an image in txt2img (in img2img, the init "
+                                                           "image stands in)")
+            found = self.controlnets.find(control.model, model.family, control.field("model"))
+            network, title = (found[1], found[0].title) if found else (None, "None")
+            units.append(prepare_unit(control, image, mask, plan.first.size, self.annotators, network, title))
+        return units
 
     def _load(self, name: str, field: str) -> LoadedModel:
         return self.model_for(self.find_checkpoint(name, field))
@@ -167,17 +198,26 @@ class Engine:
             return None
         return self.faces.find(options.face_restoration_model, "restore_faces").with_weight(options.code_former_weight)
 
-    def txt2img(self, request: Txt2ImgRequest, firstpass_image: Image.Image | None = None) -> Generation:
+    def txt2img(self, request: Txt2ImgRequest, firstpass_image: Image.Image | None = None,
+                control_images: Sequence[ControlImage] = ()) -> Generation:
+        """`control_images`: the enabled ControlNet units' (image, mask), in order."""
         return self._generate(request, lambda plan, m: txt2img(
-            m.model, plan, m.options, self.upscalers, self.progress, m.faces, m.hires, firstpass_image, m.refiner))
+            m.model, plan, m.options, self.upscalers, self.progress, m.faces, m.hires, firstpass_image, m.refiner,
+            m.controls), control_images)
 
     def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None,
-                latent_mask: Image.Image | None = None) -> Generation:
+                latent_mask: Image.Image | None = None, control_images: Sequence[ControlImage] = ()) -> Generation:
+        """`control_images`: the enabled ControlNet units' (image, mask), in order; a unit without one uses the
+        first init image (and the mask), as the extension does."""
         return self._generate(request, lambda plan, m: img2img(
-            m.model, plan, m.options, init_images, mask, self.progress, m.faces, latent_mask, refiner=m.refiner))
+            m.model, plan, m.options, init_images, mask, self.progress, m.faces, latent_mask, refiner=m.refiner,
+            controls=m.controls), control_images, (init_images[0], mask))
 
     def sd_upscale(self, request: Img2ImgRequest, image: Image.Image, upscaler: str) -> Generation:
         """A1111's "SD upscale" script (request.script): `image` upscaled with `upscaler`, redrawn in tiles."""
+        if request.control_units:
+            raise RequestError("alwayson_scripts.controlnet", "ControlNet units are not offered with the SD upscale "
+                                                              "script yet; send them without script_name")
         return self._generate(request, lambda plan, m: sd_upscale(
             m.model, plan, request.script, m.options, image, upscaler, self.upscalers, self.progress, m.faces,
             m.refiner))
@@ -212,6 +252,8 @@ class Engine:
         """Free every loaded checkpoint, VAE, upscaler, face restorer and captioner; the next request loads what it
         needs."""
         self._loaded.clear()
+        self.controlnets.unload()
+        self.annotators.unload()
         self.vaes.unload()
         self.upscalers.unload()
         self.faces.unload()

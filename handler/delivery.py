@@ -78,8 +78,12 @@ _FIX = "configure a bucket (BUCKET_* settings or the job's s3Config) or ask for 
 
 
 def encoded_images(generation: Generation) -> list[EncodedImage]:
+    """The images with their infotexts, then the extra images (ControlNet's detected maps), in samples_format."""
     options = generation.options
-    return [encode_image(g.image, g.infotext, options.samples_format, options.jpeg_quality) for g in generation.images]
+    return [*(encode_image(g.image, g.infotext, options.samples_format, options.jpeg_quality)
+              for g in generation.images),
+            *(encode_image(image, None, options.samples_format, options.jpeg_quality)
+              for image in generation.extra_images)]
 
 
 def deliver(images: list[EncodedImage], destination: Destination) -> tuple[list[str], dict[str, Any] | None]:

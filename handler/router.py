@@ -15,6 +15,7 @@ from schemas import (ExtrasBatchImagesRequest, ExtrasBatchImagesResponse, Extras
                      ExtrasSingleImageResponse, GenerationRequest, ImageResponse, Img2ImgRequest, InterrogateRequest,
                      InterrogateResponse, PngInfoRequest, PngInfoResponse, Txt2ImgRequest)
 
+from schemas.controlnet import FIELD as CONTROLNET_FIELD
 from schemas.errors import cut
 from schemas.infotext import parse_infotext
 from schemas.payload import check_payload
@@ -48,11 +49,21 @@ def _styled(engine: Engine, request: GenerationRequest) -> GenerationRequest:
     return request.with_styles(engine.styles.find(request.styles or ()))
 
 
+def _control_images(request: GenerationRequest) -> list[tuple[Image.Image | None, Image.Image | None]]:
+    """The enabled ControlNet units' images and masks, decoded (None where a unit sent none)."""
+    def decoded(data: str | None, field: str) -> Image.Image | None:
+        return decode_image(data, field) if data else None
+
+    return [(decoded(unit.image, f"{CONTROLNET_FIELD}[{index}].image"),
+             decoded(unit.mask, f"{CONTROLNET_FIELD}[{index}].mask")) for index, unit in request.control_units]
+
+
 def txt2img(engine: Engine, payload: dict[str, Any], destination: Destination) -> dict[str, Any]:
     request = Txt2ImgRequest.model_validate(payload)
     firstpass = decode_image(request.firstpass_image, "firstpass_image") if request.firstpass_image else None
+    controls = _control_images(request)
     generation = scripts.generate(request, destination,
-                                  lambda line: engine.txt2img(_styled(engine, line), firstpass))
+                                  lambda line: engine.txt2img(_styled(engine, line), firstpass, controls))
     return _image_response(request, generation, request.model_dump(mode="json"), destination)
 
 
@@ -61,11 +72,12 @@ def img2img(engine: Engine, payload: dict[str, Any], destination: Destination) -
     init_images = [decode_image(data, f"init_images.{i}") for i, data in enumerate(request.init_images)]
     mask = decode_image(request.mask, "mask") if request.mask else None
     latent_mask = decode_image(request.latent_mask, "latent_mask") if request.latent_mask else None
+    controls = _control_images(request)
     if isinstance(request.script, SdUpscaleArgs):
         generation = scripts.sd_upscale(engine, _styled(engine, request), init_images[0], destination)
     else:
         generation = scripts.generate(request, destination, lambda line: engine.img2img(
-            _styled(engine, line), init_images, mask, latent_mask))
+            _styled(engine, line), init_images, mask, latent_mask, controls))
     return _image_response(request, generation, request.echo(), destination)
 
 

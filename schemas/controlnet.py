@@ -114,16 +114,16 @@ def _named(value: Any, names: tuple[str, ...], aliases: dict[str, str] | None = 
     raise ValueError(f"one of {', '.join(repr(n) for n in names)} or 0..{len(names) - 1} (got {cut(repr(value))})")
 
 
-def controlnet_units(alwayson_scripts: dict[str, Any]) -> tuple[ControlNetUnit, ...]:
-    """The enabled units of a request's alwayson_scripts (checked whole, disabled ones too); RequestError naming the
-    field for anything else there or a bad unit."""
+def controlnet_units(alwayson_scripts: dict[str, Any]) -> tuple[tuple[int, ControlNetUnit], ...]:
+    """The enabled units of a request's alwayson_scripts with their places in `args` (all are checked, disabled ones
+    too); RequestError naming the field for anything else there or a bad unit."""
     units: tuple[ControlNetUnit, ...] = ()
     for key, value in alwayson_scripts.items():
         if key.lower() != SCRIPT:
             raise RequestError(f"alwayson_scripts.{cut(key)}", f"no always-on script {key!r} in this worker; it "
                                                                f"offers {SCRIPT!r}")
         units = _parse(value)
-    return tuple(unit for unit in units if unit.enabled)
+    return tuple((index, unit) for index, unit in enumerate(units) if unit.enabled)
 
 
 def _parse(value: Any) -> tuple[ControlNetUnit, ...]:

@@ -90,7 +90,7 @@ class GenerationRequest(BaseModel):
     infotext: str | None = None
     _prompts: PassPrompts = PrivateAttr()
     _script: ScriptArgs | None = PrivateAttr(None)
-    _control_units: tuple[ControlNetUnit, ...] = PrivateAttr(())
+    _control_units: tuple[tuple[int, ControlNetUnit], ...] = PrivateAttr(())
 
     # infotext key -> request field, for the `infotext` field (A1111's paste fields); subclasses add their own
     infotext_fields: ClassVar[dict[str, str]] = {
@@ -226,8 +226,8 @@ class GenerationRequest(BaseModel):
         return self
 
     @property
-    def control_units(self) -> tuple[ControlNetUnit, ...]:
-        """The enabled ControlNet units (alwayson_scripts.controlnet), checked."""
+    def control_units(self) -> tuple[tuple[int, ControlNetUnit], ...]:
+        """The enabled ControlNet units (alwayson_scripts.controlnet), checked, with their places in its args."""
         return self._control_units
 
     @property

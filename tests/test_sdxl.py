@@ -454,8 +454,6 @@ def test_a_half_precision_vae_file_stays_in_half_unless_its_output_is_not_finite
     assert np.abs(np.asarray(retried, dtype=np.int16) - np.asarray(finite, dtype=np.int16)).max() <= 2
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: diffusers' AutoencoderKL config defaults force_upcast to true, and "
-                   "the SD 1.x configs don't set it, so SD 1.x VAEs are upcast too")
 def test_an_sd15_vae_in_half_precision_stays_in_half(half_vae, monkeypatch):
     """As A1111 and diffusers' SD 1.x pipeline run it: only SDXL's VAE needs float32."""
     model = half_vae(TINY_NAME)

@@ -40,6 +40,7 @@ class ModelFamily(ABC):
     name: str  # as errors and listings name it: "SD 1.x", "SDXL"
     key: str  # what LoRAs, embeddings and VAEs are matched by: "sd1", "sdxl"
     zero_empty_negative: bool = False  # an empty negative prompt conditions as zeros (SDXL's conditioner does)
+    vae_upcasts: bool = False  # its VAE decodes in float32 where its config says `force_upcast` (SDXL's overflows)
 
     @abstractmethod
     def recognises(self, keys: set[str]) -> bool:

@@ -23,6 +23,7 @@ class SDXL(ModelFamily):
     name = "SDXL"
     key = "sdxl"
     zero_empty_negative = True
+    vae_upcasts = True
 
     def recognises(self, keys: set[str]) -> bool:
         return any(key.startswith("conditioner.embedders.") for key in keys)

@@ -59,12 +59,15 @@ _FORMATS = {"png": ("PNG", "png", "image/png"), "jpg": ("JPEG", "jpg", "image/jp
             "jpeg": ("JPEG", "jpg", "image/jpeg"), "webp": ("WEBP", "webp", "image/webp")}
 
 
-def encode_image(image: Image.Image, infotext: str, samples_format: str = "png", quality: int = 80) -> EncodedImage:
+def encode_image(image: Image.Image, infotext: str | None, samples_format: str = "png",
+                 quality: int = 80) -> EncodedImage:
     """An image in A1111's samples_format: PNG with the infotext in its `parameters` chunk; JPEG and
-    WebP (at `quality`) with it in EXIF UserComment, as A1111 writes them."""
+    WebP (at `quality`) with it in EXIF UserComment, as A1111 writes them (None: without one)."""
     pil_format, extension, content_type = _FORMATS[samples_format]
     buffer = io.BytesIO()
-    if pil_format == "PNG":
+    if infotext is None:
+        image.convert("RGB" if pil_format != "PNG" else image.mode).save(buffer, format=pil_format, quality=quality)
+    elif pil_format == "PNG":
         metadata = PngInfo()
         metadata.add_text(INFOTEXT_CHUNK, infotext)
         image.save(buffer, format="PNG", pnginfo=metadata)

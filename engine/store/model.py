@@ -107,7 +107,9 @@ class LoadedModel:
 
     @property
     def _upcasts(self) -> bool:
-        return self.vae.dtype == torch.float16 and bool(self.vae.config.get("force_upcast", False))
+        """Whether the VAE overflows in half precision: as diffusers' SDXL pipelines decide (its SD 1.x pipelines
+        never upcast, whatever the config's force_upcast, which diffusers defaults to true)."""
+        return self.vae.dtype == torch.float16 and self.family.vae_upcasts and bool(self.vae.config.force_upcast)
 
     @property
     def _shift(self) -> float:

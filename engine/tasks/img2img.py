@@ -8,6 +8,7 @@ the mask at the end.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from PIL import Image
 from schemas import Options
 from schemas.limits import MAX_SIDE
 
+from ..controlnet.units import PreparedUnit
 from ..imaging import image_ops
 from ..postprocess.face_restoration import FaceRestorer
 from .generation import Generation
@@ -52,11 +54,13 @@ class FittedMask:
 def img2img(model: LoadedModel, plan: Plan, options: Options,
             init_images: list[Image.Image], mask: Image.Image | None, progress: Progress | None = None,
             faces: FaceRestorer | None = None, latent_mask: Image.Image | None = None,
-            script_params: dict[str, Any] | None = None, refiner: LoadedModel | None = None) -> Generation:
+            script_params: dict[str, Any] | None = None, refiner: LoadedModel | None = None,
+            controls: Sequence[PreparedUnit] = ()) -> Generation:
     """`latent_mask` (with a mask): the mask that keeps the original in the latents at each step, as is (A1111's
     latent_mask), in place of the blurred repaint mask. `script_params`: infotext keys of a script that runs
-    img2img, before img2img's own (as in A1111). `refiner`: the plan's refiner, loaded."""
-    job = Job(model, plan, options, progress, faces, refiner)
+    img2img, before img2img's own (as in A1111). `refiner`: the plan's refiner, loaded; `controls`: its ControlNet
+    units, prepared."""
+    job = Job(model, plan, options, progress, faces, refiner, controls)
     job.extra_params.update(script_params or {})
     fitted = {image.size: _fit_mask(plan, mask, image.size, latent_mask) for image in init_images} \
         if mask is not None else {}
@@ -135,8 +139,10 @@ def _generate(job: Job, sources: list[tuple[Image.Image, FittedMask | None]], se
     scheduler, timesteps = job.scheduler(seeds, sampling)
     conditioning = job.prepare(sampling)
     switch = job.refiner_switch(sampling, hires=False)
+    box = next((fitted.box for fitted in masks if fitted is not None), None)
     latents = job.denoise(scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]), conditioning,
-                          generators, sampling, inpainting=inpainting, switch=switch)
+                          generators, sampling, inpainting=inpainting, switch=switch,
+                          control=job.control(sampling, hires=False, box=box))
     generated = job.restore_faces(model.decode_latents(latents))
     return [_compose(canvas, image, fitted) for (canvas, _), image, fitted in zip(frames, generated, masks)]
 

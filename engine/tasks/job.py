@@ -5,7 +5,7 @@ img2img build on it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ from schemas import Options, RequestError, limits
 from schemas.extra_networks import PassPrompts
 from schemas.sampler_params import infotext_params
 
+from ..controlnet.units import PassControl, PreparedUnit
 from ..imaging.infotext import build_infotext, worker_version
 from ..postprocess.face_restoration import FaceRestorer
 from ..prompts.conditioning import Conditioning, ConditioningParams
@@ -48,13 +49,16 @@ def _check_prompt_size(model: LoadedModel, prompts: PassPrompts) -> None:
 
 class Job:
     def __init__(self, model: LoadedModel, plan: Plan, options: Options, progress: Progress | None = None,
-                 faces: FaceRestorer | None = None, refiner: LoadedModel | None = None):
-        """`refiner`: the plan's refiner checkpoint, loaded."""
-        self.model, self.plan, self.options, self.faces = model, plan, options, faces
+                 faces: FaceRestorer | None = None, refiner: LoadedModel | None = None,
+                 controls: Sequence[PreparedUnit] = ()):
+        """`refiner`: the plan's refiner checkpoint, loaded; `controls`: its ControlNet units, prepared."""
+        self.model, self.plan, self.options, self.faces, self.controls = model, plan, options, faces, list(controls)
         self.refiner = refiner if refiner is not model else None  # A1111 doesn't switch to the model it runs
         self.progress = progress or Progress()
         self.progress.expect(plan.seeds.batch_count)
         self.extra_params: dict[str, Any] = {}  # infotext keys an operation adds, in order
+        for unit in self.controls:
+            self.extra_params[f"ControlNet {unit.plan.number}"] = unit.infotext()
         self.textual_inversions: dict[str, Embedding] = {}  # the embeddings the prompts used, by name
         self.timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
         model.loras.load(plan.lora_tags)  # unknown names and bad files fail before any work
@@ -111,6 +115,16 @@ class Job:
             img2img_steps(sampling.steps, sampling.strength, sampling.exact_steps)
         return scheduler, set_schedule(scheduler, length, run, model.device)
 
+    def control(self, sampling: PassPlan, hires: bool,
+                box: tuple[int, int, int, int] | None = None) -> PassControl | None:
+        """The ControlNet units' control of a first (`hires` False) or hires pass (`box`: an img2img "only masked"
+        region); None without units that apply to it."""
+        if not self.controls:
+            return None
+        control = PassControl(self.controls, sampling.size, self.model.device,
+                              hires if self.plan.hires is not None else None, box)
+        return control or None
+
     def refiner_switch(self, sampling: PassPlan, hires: bool) -> Switch | None:
         """The switch to the refiner in a first (`hires` False) or hires pass, where the plan runs it; its
         conditioning encoded with the refiner (without the request's LoRAs)."""
@@ -129,7 +143,8 @@ class Job:
 
     def denoise(self, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, conditioning: Conditioning,
                 generators: list, sampling: PassPlan, model: LoadedModel | None = None,
-                inpainting: Inpainting | None = None, switch: Switch | None = None) -> torch.Tensor:
+                inpainting: Inpainting | None = None, switch: Switch | None = None,
+                control: PassControl | None = None) -> torch.Tensor:
         """Run a sampling pass on `model` (the request's unless another is given) with the plan's guidance. Its
         sampler parameters go into the infotext as A1111 adds them: when the pass starts, and NGMS once a negative
         prompt was skipped; the refiner's keys once the run switched to it."""
@@ -137,7 +152,7 @@ class Job:
         self.extra_params.update(infotext_params(sampling.sampler, params))
         guidance = Guidance(self.plan.cfg_scale, params.s_min_uncond, sampling.sampler.guided_by_timestep)
         latents = denoise((model or self.model).unet, scheduler, timesteps, latents, conditioning, guidance,
-                          generators, params.eta or 0.0, inpainting, self.progress, switch)
+                          generators, params.eta or 0.0, inpainting, self.progress, switch, control)
         if guidance.skipped_uncond:
             self.extra_params["NGMS"] = params.s_min_uncond
         if switch is not None and switch.switched:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from schemas import GenerationRequest, Img2ImgRequest, Options, Txt2ImgRequest
+from schemas.controlnet import FIELD as CONTROLNET_FIELD
+from schemas.controlnet import ControlNetUnit
 from schemas.extra_networks import LoraTag, PassPrompts
 from schemas.sampler_params import SamplerParams, sampler_params
 from schemas.samplers import Sampler, Schedule
@@ -114,6 +116,31 @@ class ImagePlan:
 
 
 @dataclass(frozen=True)
+class ControlPlan:
+    """An enabled ControlNet unit, as the extension applies it."""
+
+    index: int  # its place in alwayson_scripts.controlnet.args (errors name it)
+    number: int  # its place among the enabled units (the infotext's "ControlNet N")
+    module: str
+    model: str  # "None": the map only
+    weight: float
+    resize_mode: str  # "Just Resize", "Crop and Resize", "Resize and Fill"
+    processor_res: int
+    threshold_a: float
+    threshold_b: float
+    guidance_start: float
+    guidance_end: float
+    pixel_perfect: bool
+    control_mode: str  # "Balanced", "My prompt is more important", "ControlNet is more important"
+    hires_option: str  # "Both", "Low res only", "High res only"
+    save_map: bool  # save_detected_map: its map is returned (unless control_net_no_detectmap)
+    crop_to_mask: bool  # inpaint_crop_input_image: cropped with the init image for "only masked"
+
+    def field(self, name: str) -> str:
+        return f"{CONTROLNET_FIELD}[{self.index}].{name}"
+
+
+@dataclass(frozen=True)
 class Plan:
     seeds: SeedPlan
     first: PassPlan
@@ -123,6 +150,7 @@ class Plan:
     refiner: RefinerPlan | None = None
     image: ImagePlan | None = None
     echo: dict[str, Any] | None = None  # the request's values `info` reports (A1111's processing fields)
+    controls: tuple[ControlPlan, ...] = ()
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -161,7 +189,14 @@ def plan_of(request: GenerationRequest, options: Options) -> Plan:
         refiner=_refiner(request, options),
         image=_image(request) if image else None,
         echo=_echo(request),
+        controls=tuple(_control(index, number, unit) for number, (index, unit) in enumerate(request.control_units)),
     )
+
+
+def _control(index: int, number: int, unit: ControlNetUnit) -> ControlPlan:
+    return ControlPlan(index, number, unit.module, unit.model, unit.weight, unit.resize_mode, unit.processor_res,
+                       unit.threshold_a, unit.threshold_b, unit.guidance_start, unit.guidance_end, unit.pixel_perfect,
+                       unit.control_mode, unit.hr_option, unit.save_detected_map, unit.inpaint_crop_input_image)
 
 
 def _seeds(request: GenerationRequest, options: Options, sampler: Sampler, params: SamplerParams) -> SeedPlan:

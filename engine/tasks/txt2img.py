@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,7 @@ from PIL import Image
 
 from schemas import Options
 
+from ..controlnet.units import PreparedUnit
 from ..postprocess.face_restoration import FaceRestorer
 from ..postprocess.upscalers import LATENT_MODES, PixelUpscaler, Upscalers, upscale_latents
 from ..sampling.loop import Inpainting
@@ -37,10 +39,11 @@ class FirstPass:
 def txt2img(model: LoadedModel, plan: Plan, options: Options, upscalers: Upscalers,
             progress: Progress | None = None, faces: FaceRestorer | None = None,
             hires_model: LoadedModel | None = None, firstpass_image: Image.Image | None = None,
-            refiner: LoadedModel | None = None) -> Generation:
+            refiner: LoadedModel | None = None, controls: Sequence[PreparedUnit] = ()) -> Generation:
     """`hires_model`: the model of the hires pass (default `model`); `firstpass_image`: used in place of the first
-    pass when hires fix is on (A1111 ignores it otherwise); `refiner`: the plan's refiner, loaded."""
-    job = Job(model, plan, options, progress, faces, refiner)
+    pass when hires fix is on (A1111 ignores it otherwise); `refiner`: the plan's refiner, loaded; `controls`: its
+    ControlNet units, prepared."""
+    job = Job(model, plan, options, progress, faces, refiner, controls)
     hires, first = plan.hires, plan.first
     hires_model = hires_model or model
     pixel_upscaler = None  # hires fix in pixel space; found (an unknown name fails) before any work
@@ -79,7 +82,8 @@ def _first_pass(job: Job, seeds: list[int], subseeds: list[int]) -> torch.Tensor
     conditioning = job.prepare(sampling)
     switch = job.refiner_switch(sampling, hires=False)
     return job.denoise(scheduler, timesteps, noise * scheduler.init_noise_sigma, conditioning, generators, sampling,
-                       inpainting=_inpainting_model_input(job.model, noise), switch=switch)
+                       inpainting=_inpainting_model_input(job.model, noise), switch=switch,
+                       control=job.control(sampling, hires=False))
 
 
 def _hires_pass(job: Job, hires: HiresPlan, model: LoadedModel, start: FirstPass, seeds: list[int],
@@ -102,7 +106,8 @@ def _hires_pass(job: Job, hires: HiresPlan, model: LoadedModel, start: FirstPass
     conditioning = job.prepare(sampling, model)
     switch = job.refiner_switch(sampling, hires=True)
     return job.denoise(scheduler, timesteps, scheduler.add_noise(init, noise, timesteps[:1]), conditioning, generators,
-                       sampling, model, _inpainting_model_input(model, noise), switch)
+                       sampling, model, _inpainting_model_input(model, noise), switch,
+                       job.control(sampling, hires=True))
 
 
 def _centre_crop(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -5,13 +5,18 @@ model_index.json (diffusers folders). Single files load from the form `python -m
 converted them into (engine/store/converted.py) when it is there and current; otherwise through
 diffusers' single-file loader with the configs shipped in engine/configs (chosen by the family from
 the file's tensor shapes, never fetched). Diffusers folders load through from_pretrained.
+
+A single file's own Prediction (v-prediction, zero terminal SNR: engine/families/prediction.py) is set on its
+scheduler config when it loads. SD 2.x's test of the UNet runs on the CPU in float32 as in A1111 (an 8x8 UNet
+evaluation, some seconds at SD 2.x's size), once per load of a file that has no bake-time conversion; a
+conversion records its outcome in its scheduler config.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import diffusers
@@ -22,7 +27,9 @@ from transformers import CLIPTokenizer
 
 from ..configs import CLIP_TOKENIZER_DIR, architecture_dir
 from ..families import ModelFamily, UnsupportedCheckpoint, family_of_keys, family_of_pipeline
+from ..families.prediction import Prediction, single_file_prediction
 from ..families.sd1 import CONV_IN
+from ..families.sd2 import file_v_parameterized
 from .converted import load_converted, usable_conversion
 from .models_dir import Checkpoint
 
@@ -38,6 +45,7 @@ class Architecture:
 
     family: ModelFamily
     config_dir: Path
+    prediction: Prediction = field(default_factory=Prediction)  # a single file's, beyond its config's scheduler
 
     @property
     def pipeline_class(self) -> type:
@@ -47,13 +55,26 @@ class Architecture:
 def detect_architecture(checkpoint: Checkpoint) -> Architecture:
     if not checkpoint.is_single_file:
         index = json.loads((checkpoint.path / MODEL_INDEX).read_text())
-        return Architecture(family_of_pipeline(index.get("_class_name", "?"), checkpoint.name), checkpoint.path)
+        family = family_of_pipeline(index.get("_class_name", "?"), checkpoint.name, checkpoint.path)
+        return Architecture(family, checkpoint.path)
     with safe_open(checkpoint.path, framework="pt") as weights:
         shapes = {key: weights.get_slice(key).get_shape() for key in weights.keys()}
     if CONV_IN not in shapes:
         raise UnsupportedCheckpoint(f"{checkpoint.name}: no Stable Diffusion UNet found in the file")
     family = family_of_keys(set(shapes), checkpoint.name)
-    return Architecture(family, architecture_dir(family.architecture(shapes, checkpoint.name)))
+    name, prediction = single_file_prediction(family.architecture(shapes, checkpoint.name), shapes,
+                                              lambda base: _v_tested(checkpoint, base))
+    return Architecture(family, architecture_dir(name), prediction)
+
+
+def _v_tested(checkpoint: Checkpoint, architecture: str) -> bool:
+    """A1111's v-prediction test of the file's UNet; a bake-time conversion of the file answers from its scheduler
+    config instead."""
+    converted = usable_conversion(checkpoint)
+    if converted:
+        config = json.loads((converted / "scheduler" / "scheduler_config.json").read_text())
+        return config.get("prediction_type") == "v_prediction"
+    return file_v_parameterized(checkpoint.path, architecture_dir(architecture))
 
 
 def stored_dtype(checkpoint: Checkpoint) -> torch.dtype | None:
@@ -75,8 +96,8 @@ def load_pipeline(checkpoint: Checkpoint, device: torch.device, dtype: torch.dty
     architecture = architecture or detect_architecture(checkpoint)
     if checkpoint.is_single_file:
         converted = usable_conversion(checkpoint)
-        if converted:
-            return load_converted(converted, architecture.pipeline_class, device, dtype)
+        if converted:  # converted by an older worker maybe, without the file's prediction: set it again
+            return _predicting(load_converted(converted, architecture.pipeline_class, device, dtype), architecture)
         return load_single_file(checkpoint, architecture, device, dtype)
     pipe = architecture.pipeline_class.from_pretrained(checkpoint.path, **_pipeline_options(architecture), dtype=dtype)
     return _ready(pipe, device)
@@ -87,10 +108,18 @@ def load_single_file(checkpoint: Checkpoint, architecture: Architecture, device:
     tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER_DIR)
     components = json.loads((architecture.config_dir / MODEL_INDEX).read_text())
     tokenizers = {name: tokenizer for name in ("tokenizer", "tokenizer_2") if (components.get(name) or [None])[0]}
-    return _ready(architecture.pipeline_class.from_single_file(  # the UNet's channels come from the config
+    return _ready(_predicting(architecture.pipeline_class.from_single_file(  # the UNet's channels: from the config
         str(checkpoint.path), config=str(architecture.config_dir), **tokenizers,
         **_pipeline_options(architecture), dtype=dtype,
-    ), device)
+    ), architecture), device)
+
+
+def _predicting(pipe, architecture: Architecture):
+    """The pipeline with its scheduler set to the file's Prediction."""
+    if architecture.prediction != Prediction():
+        scheduler = pipe.scheduler
+        pipe.scheduler = type(scheduler).from_config(architecture.prediction.scheduler_config(scheduler.config))
+    return pipe
 
 
 def _pipeline_options(architecture: Architecture) -> dict:

@@ -526,3 +526,17 @@ def test_one_model_at_a_time_serves_alternating_families(sdxl_engine, sdxl_model
     assert np.array_equal(pixels(refined), pixels(generate(sdxl_engine, prompt="a cat", **REFINED)))
     listing = route(single, "GET", "embeddings", {})  # on SD 1.5: the other way round
     assert list(listing["loaded"]) == [SD15_EMBEDDING] and list(listing["skipped"]) == [SDXL_EMBEDDING]
+
+
+def test_a_diffusers_folder_serves_like_the_single_file(sdxl_engine, tmp_path):
+    """An SDXL checkpoint in the save_pretrained layout (model_index.json) is recognised by its pipeline class and
+    gives the single file's pixels for the same weights."""
+    single = sdxl_engine.find_checkpoint(SDXL_NAME, "sd_model_checkpoint")
+    folder = tmp_path / "Stable-diffusion" / "tiny-sdxl-folder"
+    load_pipeline(single, torch.device("cpu"), torch.float32).save_pretrained(folder)
+    folder_engine = Engine.start(models_dir=tmp_path, device="cpu", dtype="float32")
+    assert folder_engine.model.family.name == "SDXL" and not folder_engine.model.checkpoint.is_single_file
+    body = {**SMALL, "prompt": "a (cat:1.2) BREAK in a hat", "negative_prompt": "blurry"}
+    from_folder = route(folder_engine, "POST", "txt2img", body)
+    assert np.array_equal(pixels(from_folder), pixels(route(sdxl_engine, "POST", "txt2img", body)))
+    assert "Model: tiny-sdxl-folder" in infotext(from_folder)

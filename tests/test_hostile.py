@@ -367,8 +367,9 @@ CORPUS: list[Case] = [
     C("delivery-unknown-key", "txt2img", t2i(delivery={"mode": "base64", "evil": 1}), "delivery"),
     # --- not implemented, other img2img / extras ranges
     C("script_name-traversal", "txt2img", t2i(script_name="../../scripts/x"), "script_name"),
-    C("alwayson_scripts-controlnet", "txt2img", t2i(alwayson_scripts={"controlnet": {"args": [{}]}}),
-      "alwayson_scripts"),
+    C("alwayson_scripts-controlnet", "txt2img",
+      t2i(alwayson_scripts={"controlnet": {"args": [{"enabled": True, "module": "canny"}]}}),  # no image
+      "alwayson_scripts.controlnet.args[0].image"),
     C("resize_mode-7", "img2img", i2i(resize_mode=7), "resize_mode"),
     C("mask_blur-negative", "img2img", i2i(mask=MASK64, mask_blur=-1), "mask_blur"),
     C("inpainting_fill-9", "img2img", i2i(mask=MASK64, inpainting_fill=9), "inpainting_fill"),

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -34,7 +33,7 @@ from schemas.errors import quoted
 
 from ..faults import reraise_server_fault
 from ..store.models_dir import describe_error
-from .detectors import resize_with_pad, to_image
+from .detectors import opencv, resize_with_pad, to_image
 from .preprocessors import Detect, Preprocessor
 
 ANNOTATORS_SUBDIR = "ControlNetAnnotators"
@@ -59,6 +58,7 @@ def _normalised(pixels: np.ndarray, config: dict, device: torch.device) -> torch
 
 
 def _predict_midas(model: Any, config: dict, pixels: np.ndarray) -> torch.Tensor:
+    cv2 = opencv()
     size = model.config.image_size
     height, width = (size, size) if isinstance(size, int) else size
     square = cv2.resize(pixels.astype(np.float32) / 255.0, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -73,6 +73,7 @@ def _multiple_at_least(x: float, multiple: int, at_least: int) -> int:
 
 
 def _predict_depth_anything(model: Any, config: dict, pixels: np.ndarray) -> torch.Tensor:
+    cv2 = opencv()
     height, width = pixels.shape[:2]
     target_height, target_width = config["size"]["height"], config["size"]["width"]
     multiple = config.get("ensure_multiple_of", 1)

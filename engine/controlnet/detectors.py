@@ -9,11 +9,17 @@ that, and crop the padding off the map; so the map has the scaled size. Modules 
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PIL import Image
 
 PAD_MULTIPLE = 64
+
+
+def opencv():
+    """OpenCV, imported on first use: a worker that runs no preprocessor never imports it."""
+    import cv2
+
+    return cv2
 
 
 def hwc3(image: Image.Image) -> np.ndarray:
@@ -41,6 +47,7 @@ def scaled_size(width: int, height: int, resolution: float) -> tuple[int, int]:
 def resize_with_pad(image: Image.Image, resolution: float) -> tuple[np.ndarray, tuple[int, int]]:
     """The image scaled to its short side `resolution`, edge-padded to multiples of 64 (right and bottom), and
     the scaled (height, width) to crop its map back to."""
+    cv2 = opencv()
     pixels = hwc3(image)
     height, width = pixels.shape[:2]
     new_width, new_height = scaled_size(width, height, resolution)
@@ -61,6 +68,7 @@ def passthrough(image: Image.Image, resolution: float, threshold_a: float, thres
 
 def canny(image: Image.Image, resolution: float, threshold_a: float, threshold_b: float) -> Image.Image:
     """OpenCV's Canny edges (white on black), low and high hysteresis thresholds a and b (as integers)."""
+    cv2 = opencv()
     pixels, size = resize_with_pad(image, resolution)
     return _crop(cv2.Canny(pixels, int(threshold_a), int(threshold_b)), size)
 
@@ -78,6 +86,7 @@ def threshold(image: Image.Image, resolution: float, threshold_a: float, thresho
 
 def blur_gaussian(image: Image.Image, resolution: float, threshold_a: float, threshold_b: float) -> Image.Image:
     """A Gaussian blur of sigma a (the kernel size OpenCV derives from sigma) of the scaled, unpadded image."""
+    cv2 = opencv()
     pixels, size = resize_with_pad(image, resolution)
     return to_image(cv2.GaussianBlur(pixels[:size[0], :size[1]], (0, 0), float(threshold_a)))
 
@@ -85,6 +94,7 @@ def blur_gaussian(image: Image.Image, resolution: float, threshold_a: float, thr
 def scribble_xdog(image: Image.Image, resolution: float, threshold_a: float, threshold_b: float) -> Image.Image:
     """Scribble lines from a difference of Gaussians (sigmas 0.5 and 5): white where twice the DoG's strongest
     darkening (over the channels, clipped to 0..255), modulo 256 as the extension's uint8, exceeds threshold a."""
+    cv2 = opencv()
     pixels, size = resize_with_pad(image, resolution)
     floats = pixels.astype(np.float32)
     fine, coarse = cv2.GaussianBlur(floats, (0, 0), 0.5), cv2.GaussianBlur(floats, (0, 0), 5.0)
@@ -96,6 +106,7 @@ def scribble_xdog(image: Image.Image, resolution: float, threshold_a: float, thr
 def tile_resample(image: Image.Image, resolution: float, threshold_a: float, threshold_b: float) -> Image.Image:
     """The image shrunk by the factor a (area interpolation, sizes truncated); unchanged below a factor of 1.1.
     The resolution is not used: the tile model's input is scaled to the generation's size afterwards."""
+    cv2 = opencv()
     pixels = hwc3(image)
     if threshold_a < 1.1:
         return to_image(pixels)
@@ -107,6 +118,7 @@ def tile_resample(image: Image.Image, resolution: float, threshold_a: float, thr
 def lineart_standard(image: Image.Image, resolution: float, threshold_a: float, threshold_b: float) -> Image.Image:
     """Lines as how much darker each pixel is than its blurred surround (sigma 6, darkest channel), scaled so
     that the median line (of those above 8) reads 127; white lines on black from black lines on white."""
+    cv2 = opencv()
     pixels, size = resize_with_pad(image, resolution)
     floats = pixels.astype(np.float32)
     intensity = np.min(cv2.GaussianBlur(floats, (0, 0), 6.0) - floats, axis=2).clip(0, 255)
@@ -116,6 +128,7 @@ def lineart_standard(image: Image.Image, resolution: float, threshold_a: float, 
 
 
 def _recolor(image: Image.Image, gamma: float, conversion: int, channel: int) -> Image.Image:
+    cv2 = opencv()
     # the extension converts its RGB array with OpenCV's BGR codes: the same here, for the same lightness
     value = cv2.cvtColor(hwc3(image), conversion)[..., channel].astype(np.float32) / 255.0
     return to_image((value ** gamma * 255.0).clip(0, 255).astype(np.uint8))
@@ -123,11 +136,13 @@ def _recolor(image: Image.Image, gamma: float, conversion: int, channel: int) ->
 
 def recolor_luminance(image: Image.Image, resolution: float, threshold_a: float, threshold_b: float) -> Image.Image:
     """Grey lightness (L of L*a*b*) with gamma a, at the image's size: the input of recolor ControlNets."""
+    cv2 = opencv()
     return _recolor(image, float(threshold_a), cv2.COLOR_BGR2LAB, 0)
 
 
 def recolor_intensity(image: Image.Image, resolution: float, threshold_a: float, threshold_b: float) -> Image.Image:
     """Grey value (V of HSV, the brightest channel) with gamma a, at the image's size."""
+    cv2 = opencv()
     return _recolor(image, float(threshold_a), cv2.COLOR_BGR2HSV, 2)
 
 

@@ -3,13 +3,20 @@ LoRAs and embeddings, unload and reload; and the refusal of those a serverless w
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from engine.imaging.images import encode_image
 
 from .errors import NotOffered
 
 if TYPE_CHECKING:
     from engine.runtime import Engine
+    from engine.tasks.progress import Progress
+    from schemas import Options
 
 
 def get_options(engine: Engine, payload: dict, destination) -> dict[str, Any]:
@@ -20,18 +27,47 @@ def set_options(engine: Engine, payload: dict, destination) -> None:
     engine.set_options(payload)
 
 
-def progress(engine: Engine, payload: dict, destination) -> dict[str, Any]:
-    state = engine.progress
+class ProgressRequest(BaseModel):
+    """GET /progress's query (A1111's)."""
+
+    skip_current_image: bool = False
+
+
+def preview_period(options: Options) -> int:
+    """Steps between live previews by A1111's options (live_previews_enable, show_progress_every_n_steps); 0: none.
+    Both are stored as given, so a value of another type turns previews off."""
+    every = options.show_progress_every_n_steps
+    enabled = options.live_previews_enable is True and isinstance(every, int) and not isinstance(every, bool)
+    return max(every, 0) if enabled else 0
+
+
+def progress_body(state: Progress, current_image: str | None = None) -> dict[str, Any]:
+    """A1111's /progress body for `state`, with `current_image` (base64) as given."""
     return {
         "progress": state.fraction(),
-        "eta_relative": 0.0,
+        "eta_relative": state.eta_relative(),
         "state": {"skipped": state.skipped, "interrupted": state.interrupted, "stopping_generation": False,
                   "job": state.job, "job_count": state.job_count, "job_timestamp": state.job_timestamp,
                   "job_no": state.job_no, "sampling_step": state.sampling_step,
                   "sampling_steps": state.sampling_steps},
-        "current_image": None,
+        "current_image": current_image,
         "textinfo": None,
     }
+
+
+def encoded_preview(state: Progress, image_format: str) -> tuple[int, str] | None:
+    """The latest live preview (engine/tasks/progress.py) as (its number, base64 `image_format`), if any."""
+    preview = state.preview()
+    if preview is None:
+        return None
+    return preview.number, base64.b64encode(encode_image(preview.image, None, image_format).data).decode("ascii")
+
+
+def progress(engine: Engine, payload: dict, destination) -> dict[str, Any]:
+    """With the latest live preview as a PNG unless the query says skip_current_image."""
+    request = ProgressRequest.model_validate(payload)
+    preview = None if request.skip_current_image else encoded_preview(engine.progress, "png")
+    return progress_body(engine.progress, preview[1] if preview else None)
 
 
 def interrupt(engine: Engine, payload: dict, destination) -> dict:

@@ -206,8 +206,9 @@ def _not_offered(method: str, endpoint: str) -> UnknownEndpoint:
 
 
 def route(engine: Engine, method: str, endpoint: str, payload: dict[str, Any],
-          destination: Destination | None = None) -> Any:
-    """Run an endpoint's operation; images go to `destination` (default: base64, or the BUCKET_* bucket)."""
+          destination: Destination | None = None, previews: int | None = None) -> Any:
+    """Run an endpoint's operation; images go to `destination` (default: base64, or the BUCKET_* bucket). A generation
+    keeps a live preview every `previews` steps (0: none; None: as A1111's options say)."""
     destination = destination or Destination.for_job(uuid.uuid4().hex)
     key = _key(method, endpoint)
     if key not in ROUTES:
@@ -216,7 +217,8 @@ def route(engine: Engine, method: str, endpoint: str, payload: dict[str, Any],
     operation, kind = ROUTES[key]
     if kind is not GENERATE:
         return operation(engine, payload, destination)
-    engine.progress.begin(key[1])
+    every = control.preview_period(engine.options) if previews is None else previews
+    engine.progress.begin(key[1], preview_every=every)
     try:
         return operation(engine, payload, destination)
     finally:

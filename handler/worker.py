@@ -6,6 +6,8 @@ prompts or credentials). Accepted inputs (../shared/runpod.md):
   - the bare A1111 body, routed by its keys (BARE_BODY_KEYS): img2img when it has `init_images`,
     extra-batch-images when it has `imageList`, extra-single-image when it has `image`, else txt2img
   - the envelope: {"api": {"method": "POST", "endpoint": "/sdapi/v1/txt2img"}, "payload": {...}}
+Beside either, `previews: {"every": N}` asks for a live preview every N sampling steps in the job's progress
+updates, which the worker posts in RunPod's production mode (handler/progress_updates.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -28,6 +31,8 @@ from .router import UnknownEndpoint, normalize_endpoint, route
 
 if TYPE_CHECKING:
     from engine.runtime import Engine
+
+    from .progress_updates import ProgressUpdates
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +71,23 @@ def parse_job_input(job_input: Any) -> tuple[str, str, dict[str, Any]]:
     return method, api["endpoint"], payload
 
 
-def make_handler(engine: Engine) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def previews_asked(job_input: dict[str, Any]) -> int:
+    """Sampling steps between the live previews the job asks for (`previews: {"every": N}`); 0: none."""
+    previews = job_input.get("previews")
+    if previews is None:
+        return 0
+    every = previews.get("every") if isinstance(previews, dict) and set(previews) == {"every"} else None
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise BadEnvelope('previews: must be {"every": N}: a live preview every N sampling steps (N >= 1)')
+    return every
+
+
+def make_handler(engine: Engine, updates: ProgressUpdates | None = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """`updates`: how to post each job's progress while it runs (RunPod's production mode); None: not at all."""
     def handle(job: dict[str, Any]) -> dict[str, Any]:
         """A returned string `error` makes the job FAILED; the worker goes on to the next job."""
         started, job_id = time.monotonic(), str(job.get("id") or uuid.uuid4().hex)
-        output, outcome, failure = _run(engine, job_id, job)
+        output, outcome, failure = _run(engine, job_id, job, updates)
         endpoint, size = _summary(job.get("input"))
         log.log(logging.ERROR if failure else logging.INFO, "job %s: %s %s, %.2f s, %s", _one_line(job_id, 100),
                 _one_line(endpoint, 40), size, time.monotonic() - started, outcome, exc_info=failure)
@@ -79,12 +96,16 @@ def make_handler(engine: Engine) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return handle
 
 
-def _run(engine: Engine, job_id: str, job: dict[str, Any]) -> tuple[dict[str, Any], str, Exception | None]:
+def _run(engine: Engine, job_id: str, job: dict[str, Any],
+         updates: ProgressUpdates | None) -> tuple[dict[str, Any], str, Exception | None]:
     """(the job's output, its outcome for the log, the exception of an internal error: its traceback is logged)."""
     try:
         method, endpoint, payload = parse_job_input(job.get("input"))
+        previews = previews_asked(job["input"])
         destination = Destination.for_job(job_id, job["input"].get("delivery"), job.get("s3Config"))
-        return route(engine, method, endpoint, payload, destination), "ok", None
+        with updates.track(job, engine.progress, previews > 0) if updates else nullcontext():
+            output = route(engine, method, endpoint, payload, destination, previews)
+        return output, "ok", None
     except _CALLER_ERRORS as error:
         message = describe(error)
         return {"error": message}, f"client error: {_one_line(message, 200)}", None

@@ -41,6 +41,9 @@ class ModelFamily(ABC):
     key: str  # what LoRAs, embeddings and VAEs are matched by: "sd1", "sdxl"
     zero_empty_negative: bool = False  # an empty negative prompt conditions as zeros (SDXL's conditioner does)
     vae_upcasts: bool = False  # its VAE decodes in float32 where its config says `force_upcast` (SDXL's overflows)
+    # live previews: RGB in [-1, 1] as a linear map of the latent channels, one (R, G, B) row per channel (A1111's
+    # "Approx cheap"); None: no previews
+    preview_coefficients: tuple[tuple[float, float, float], ...] | None = None
 
     @abstractmethod
     def recognises(self, keys: set[str]) -> bool:

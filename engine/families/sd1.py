@@ -11,11 +11,14 @@ CONV_IN = UNET_PREFIX + "input_blocks.0.0.weight"
 _BY_WIDTH = {320: "sd15", 32: "tiny-sd15"}  # conv_in's output width: the member whose config we ship
 VARIANT_BY_CHANNELS = {4: "", 9: "-inpainting"}  # conv_in's input channels: latents (+ mask + masked image)
 CLIP_L = TextEncoderSpec("text_encoder", None, penultimate=False, pad_with_zero=False)
+# the SD 1.x/2.x VAE's latents -> RGB, as A1111's "Approx cheap" previews map them
+PREVIEW_COEFFICIENTS = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
 
 
 class SD1(ModelFamily):
     name = "SD 1.x"
     key = "sd1"
+    preview_coefficients = PREVIEW_COEFFICIENTS
 
     def recognises(self, keys: set[str]) -> bool:
         return any(key.startswith(TEXT_ENCODER_PREFIX) for key in keys)

@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 from .base import ModelFamily, TextEncoderSpec, UnsupportedCheckpoint
 from .ldm_format import UNET_PREFIX, VAE_PREFIX, unet_to_ldm, vae_to_ldm
-from .sd1 import CONV_IN, VARIANT_BY_CHANNELS
+from .sd1 import CONV_IN, PREVIEW_COEFFICIENTS, VARIANT_BY_CHANNELS
 from .sgm_format import open_clip_to_sgm
 
 OPEN_CLIP_PREFIX = "cond_stage_model.model."
@@ -39,6 +39,7 @@ _V_TEST_THRESHOLD = -1.0
 class SD2(ModelFamily):
     name = "SD 2.x"
     key = "sd2"
+    preview_coefficients = PREVIEW_COEFFICIENTS  # SD 1.x's VAE
 
     def recognises(self, keys: set[str]) -> bool:
         return any(key.startswith(OPEN_CLIP_PREFIX) for key in keys)

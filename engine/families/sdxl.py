@@ -17,6 +17,9 @@ CLIP_L = TextEncoderSpec("text_encoder", "clip_l", penultimate=True, pad_with_ze
                          clip_skip_option="sdxl_clip_l_skip")
 CLIP_G = TextEncoderSpec("text_encoder_2", "clip_g", penultimate=True, pad_with_zero=True, pooled=True,
                          clip_skip_option=None)
+# the SDXL VAE's latents -> RGB, as A1111's "Approx cheap" previews map them
+PREVIEW_COEFFICIENTS = ((0.3448, 0.4168, 0.4395), (-0.1953, -0.0290, 0.0250), (0.1074, 0.0886, -0.0163),
+                        (-0.3730, -0.2499, -0.2088))
 
 
 class SDXL(ModelFamily):
@@ -24,6 +27,7 @@ class SDXL(ModelFamily):
     key = "sdxl"
     zero_empty_negative = True
     vae_upcasts = True
+    preview_coefficients = PREVIEW_COEFFICIENTS
 
     def recognises(self, keys: set[str]) -> bool:
         return any(key.startswith("conditioner.embedders.") for key in keys)

@@ -116,8 +116,8 @@ def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, con
     `eta` goes to schedulers whose step takes it (DDIM); schedulers with A1111's churn (engine/sampling/churn.py)
     lift the latents before the model evaluates a step. The text context and the family's other per-prompt inputs
     (SDXL's pooled embedding and size ids) go to the UNet with each evaluation, with `control`'s residuals; `switch`
-    moves the run to another model part way (without the control, made for the first). Reports each step to
-    `progress` and stops early when it is interrupted or skipped.
+    moves the run to another model part way (without the control, made for the first). Reports each step, with the
+    latents it starts from (for live previews), to `progress` and stops early when it is interrupted or skipped.
     """
     batch = latents.shape[0]
     step_kwargs = _step_kwargs(scheduler, generators, eta)
@@ -126,7 +126,7 @@ def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, con
         if progress is not None:
             if progress.stopping:
                 break
-            progress.step(index, len(timesteps))
+            progress.step(index, len(timesteps), latents)
         if switch is not None and not switch.switched and switch.due(index, len(timesteps), timestep):
             unet, conditioning, control, switch.switched = switch.unet, switch.conditioning, None, True
         if churn is not None:

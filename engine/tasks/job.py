@@ -55,7 +55,7 @@ class Job:
         self.model, self.plan, self.options, self.faces, self.controls = model, plan, options, faces, list(controls)
         self.refiner = refiner if refiner is not model else None  # A1111 doesn't switch to the model it runs
         self.progress = progress or Progress()
-        self.progress.expect(plan.seeds.batch_count)
+        self.progress.expect(plan.seeds.batch_count, model.family.preview_coefficients)
         self.extra_params: dict[str, Any] = {}  # infotext keys an operation adds, in order
         for unit in self.controls:
             self.extra_params[f"ControlNet {unit.plan.number}"] = unit.infotext()

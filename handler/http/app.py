@@ -198,7 +198,7 @@ def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: 
         return await run_in_threadpool(respond, method, endpoint, payload)
 
     async def call(request: Request, method: str, endpoint: str) -> JSONResponse:
-        payload: Any = {}
+        payload: Any = dict(request.query_params)  # GET's parameters (/progress?skip_current_image=true)
         if method == "POST":
             raw = await _read_body(request)
             if raw is None:

@@ -13,7 +13,7 @@ DEMO_BLIP := $(DEMO_MODELS_DIR)/BLIP/tiny-blip/config.json
 DEMO_FILES := $(DEMO_MODEL) $(DEMO_FACES) $(DEMO_BLIP)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test serve serve-runpod bake bench-cold clean
+.PHONY: install demo test serve serve-runpod bake bench-cold bench-cold-sdxl clean
 
 install: $(VENV)/.installed
 
@@ -59,9 +59,13 @@ MODELS_DIR ?= models
 bake: install
 	$(PY) -m engine.store.bake --manifest $(MANIFEST) --models-dir $(MODELS_DIR)
 
-# Cold-start benchmark (not a test): ours vs a plain diffusers script vs reading the weights once.
+# Cold-start benchmark (not a test): ours vs a plain diffusers script vs reading the weights once, on an SD 1.5-
+# or an SDXL-size checkpoint with random weights (tests/bench/gpu_check.sh runs both on a bare CUDA machine).
 bench-cold: install
 	$(PY) tests/bench/cold_start.py
+
+bench-cold-sdxl: install
+	$(PY) tests/bench/cold_start.py --family sdxl
 
 clean:
 	rm -rf $(VENV) outputs $(DEMO_MODEL) $(DEMO_FACES) $(DEMO_MODELS_DIR)/FaceDetection/face_detection_yunet_2023mar.onnx \

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import engine.store.loading as loading
@@ -19,6 +20,7 @@ from engine.settings import Settings
 from engine.store.converted import RECORD_FILE, converted_dir, usable_conversion
 from engine.device import pick_dtype
 from engine.store.models_dir import list_checkpoints, read_baked_hashes
+from engine.tiny.sd import SDXL, write_tiny_checkpoint
 from schemas import Txt2ImgRequest
 
 NAME = "tiny-sd15.safetensors"
@@ -102,6 +104,43 @@ def test_converted_load_maps_the_weights_and_gives_the_single_files_images(baked
     assert single_file_loads == []
     from_single_file = image(engine_models_dir)  # the same file, never converted
     assert single_file_loads == [NAME]
+    assert from_conversion.std() > 0 and np.array_equal(from_conversion, from_single_file)
+
+
+def test_bake_converts_sdxl_which_loads_mapped_in_its_stored_dtype_with_the_single_files_images(
+        tmp_path, single_file_loads):
+    """SDXL single files (two text encoders, fp16 as published) convert and load like SD 1.5's."""
+    from engine.runtime import Engine
+
+    unbaked = tmp_path / "unbaked"  # a models directory with the single file only
+    single = write_tiny_checkpoint(unbaked, architecture=SDXL)
+    save_file({k: v.half() for k, v in load_file(single).items()}, single, metadata={"format": "pt"})
+    baked = tmp_path / "baked"
+    bake([Entry("checkpoints", str(single), single.name)], baked)
+    assert single_file_loads == [single.name]  # the conversion reads the single file once, at bake time
+    single_file_loads.clear()
+    (checkpoint,) = list_checkpoints(baked)
+    folder = converted_dir(checkpoint)
+    assert usable_conversion(checkpoint) == folder
+    weights = {path.parent.name: path for path in folder.glob("*/*.safetensors")}
+    assert sorted(weights) == ["text_encoder", "text_encoder_2", "unet", "vae"]
+    for path in weights.values():
+        with safe_open(path, framework="pt") as stored:
+            assert {stored.get_slice(key).get_dtype() for key in stored.keys()} == {"F16"}, path
+
+    engine = Engine.start(models_dir=baked, device="cpu")
+    assert single_file_loads == []
+    pipe = engine.model.pipe
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline" and engine.dtype == torch.float16
+    for component, tensor in (("unet", pipe.unet.conv_in.weight), ("vae", pipe.vae.decoder.conv_out.weight),
+                              ("text_encoder", pipe.text_encoder.get_input_embeddings().weight),
+                              ("text_encoder_2", pipe.text_encoder_2.text_projection.weight)):
+        assert tensor.dtype == torch.float16 and mapped_file(tensor) == str(weights[component]), component
+    from_conversion = np.asarray(engine.txt2img(REQUEST).images[0].image)
+
+    unconverted = Engine.start(models_dir=unbaked, device="cpu")
+    assert single_file_loads == [single.name] and unconverted.dtype == torch.float16
+    from_single_file = np.asarray(unconverted.txt2img(REQUEST).images[0].image)
     assert from_conversion.std() > 0 and np.array_equal(from_conversion, from_single_file)
 
 

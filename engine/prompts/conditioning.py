@@ -81,7 +81,7 @@ class Schedule:
 class Conditioning:
     uncond: Schedule
     conds: list[tuple[float, Schedule]]  # AND sub-prompts with their weights
-    empty: torch.Tensor  # the empty prompt's context, (1, 77, width): padding for shorter contexts
+    empty: Callable[[], torch.Tensor]  # the empty prompt's context, (1, 77, width): padding for shorter contexts
 
     def at(self, step: int) -> tuple[TextCondition, list[TextCondition]]:
         """(uncond, conds) for a step, contexts padded to the same number of chunks with the empty prompt's."""
@@ -92,7 +92,7 @@ class Conditioning:
 
     def _pad(self, tensor: torch.Tensor, length: int) -> torch.Tensor:
         missing = (length - tensor.shape[1]) // CHUNK_LENGTH
-        return torch.cat([tensor, self.empty.repeat(1, missing, 1)], dim=1) if missing else tensor
+        return torch.cat([tensor, self.empty().repeat(1, missing, 1)], dim=1) if missing else tensor
 
     @property
     def weights(self) -> list[float]:
@@ -132,23 +132,26 @@ class PromptEncoder:
     def conditioning(self, prompt: str, negative_prompt: str, steps: int, params: ConditioningParams) -> Conditioning:
         conds = [(weight, self.schedule(text, steps, params)) for text, weight in split_and(prompt)]
         return Conditioning(self.schedule(negative_prompt, steps, params, negative=True), conds,
-                            self.encode("", params))
+                            lambda: self.encode("", params))
 
     def schedule(self, prompt: str, steps: int, params: ConditioningParams, negative: bool = False) -> Schedule:
         entries = prompt_schedules(prompt, steps)
+        if negative and self.zero_empty_negative and all(text == "" for _, text in entries):
+            return Schedule([steps], [self._zeros(params)])
         encodings = [self.encoding(text, params) for _, text in entries]
-        zeroed = negative and self.zero_empty_negative and all(text == "" for _, text in entries)
-        conditions = [self._condition(encoding, params, negative, zeroed) for encoding in encodings]
+        conditions = [TextCondition(e.context, self.denoiser_inputs(e.pooled, params, negative)) for e in encodings]
         used = {e.name: e for encoding in encodings for e in encoding.textual_inversions}
         return Schedule([end for end, _ in entries], conditions, tuple(used.values()))
 
-    def _condition(self, encoding: Encoding, params: ConditioningParams, negative: bool,
-                   zeroed: bool) -> TextCondition:
-        context, pooled = encoding.context, encoding.pooled
-        if zeroed:  # as SDXL's conditioner forces it: the text's outputs are zeros, the size ids stay
-            context = torch.zeros_like(context)
-            pooled = torch.zeros_like(pooled) if pooled is not None else None
-        return TextCondition(context, self.denoiser_inputs(pooled, params, negative))
+    def _zeros(self, params: ConditioningParams) -> TextCondition:
+        """An empty negative prompt as SDXL's conditioner forces it: the text encoders' outputs are zeros (nothing
+        is encoded), the size ids stay."""
+        encoder = self.encoders[0][1]
+        width = sum(encoder.config.hidden_size for _, encoder in self.encoders)
+        context = torch.zeros(1, CHUNK_LENGTH, width, device=encoder.device, dtype=encoder.dtype)
+        pooled = next((torch.zeros(1, encoder.config.projection_dim, device=encoder.device, dtype=encoder.dtype)
+                       for spec, encoder in self.encoders if spec.pooled), None)
+        return TextCondition(context, self.denoiser_inputs(pooled, params, True))
 
     def encode(self, text: str, params: ConditioningParams | None = None) -> torch.Tensor:
         """(1, 77 * chunks, width): each 75-token chunk encoded on its own, weighted, then concatenated."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -106,20 +107,32 @@ def _step_kwargs(scheduler, generators, eta: float) -> dict:
     return kwargs
 
 
+@dataclass
+class Group:
+    """Rows of a batch that share their conditioning and guidance: one request's images. Requests that can share
+    the denoiser's calls run as one batch of several groups."""
+
+    rows: int
+    conditioning: Conditioning
+    guidance: Guidance
+
+
 @torch.inference_mode()
-def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, conditioning: Conditioning,
-            guidance: Guidance, generators: list[torch.Generator], eta: float = 0.0,
-            inpainting: Inpainting | None = None, progress: Progress | None = None,
-            switch: Switch | None = None, control: Control | None = None) -> torch.Tensor:
-    """Run `timesteps` from `latents` (already noised to the first timestep's level).
+def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, groups: Sequence[Group],
+            generators: list[torch.Generator], eta: float = 0.0, inpainting: Inpainting | None = None,
+            progress: Progress | None = None, switch: Switch | None = None,
+            control: Control | None = None) -> torch.Tensor:
+    """Run `timesteps` from `latents` (already noised to the first timestep's level; the groups' rows in order).
 
     `eta` goes to schedulers whose step takes it (DDIM); schedulers with A1111's churn (engine/sampling/churn.py)
     lift the latents before the model evaluates a step. The text context and the family's other per-prompt inputs
     (SDXL's pooled embedding and size ids) go to the UNet with each evaluation, with `control`'s residuals; `switch`
-    moves the run to another model part way (without the control, made for the first). Reports each step, with the
-    latents it starts from (for live previews), to `progress` and stops early when it is interrupted or skipped.
+    moves the run to another model part way (without the control, made for the first). `inpainting`, `switch` and
+    `control` belong to a single group. Reports each step, with the latents it starts from (for live previews), to
+    `progress` and stops early when it is interrupted or skipped.
     """
-    batch = latents.shape[0]
+    if len(groups) > 1 and (inpainting or switch or control):
+        raise ValueError("inpainting, a refiner switch and ControlNet apply to a batch of one group only")
     step_kwargs = _step_kwargs(scheduler, generators, eta)
     churn = getattr(scheduler, "churn", None)
     for index, timestep in enumerate(timesteps):
@@ -128,29 +141,60 @@ def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, con
                 break
             progress.step(index, len(timesteps), latents)
         if switch is not None and not switch.switched and switch.due(index, len(timesteps), timestep):
-            unet, conditioning, control, switch.switched = switch.unet, switch.conditioning, None, True
+            unet, control, switch.switched = switch.unet, None, True
+            groups = [Group(groups[0].rows, switch.conditioning, groups[0].guidance)]
         if churn is not None:
             latents, timestep = churn(latents, timestep, generators)
-        uncond, conds = conditioning.at(index // scheduler.order)
-        skip_uncond = guidance.skips_uncond(index, scheduler, timestep)
-        conditions = conds if skip_uncond else (uncond, *conds)
-        parts = len(conditions)
-        model_input = scheduler.scale_model_input(torch.cat([latents] * parts), timestep)
+        blocks = _blocks(groups, latents, index // scheduler.order, index, scheduler, timestep)
+        length = max(block.contexts.shape[1] for block in blocks)
+        model_input = scheduler.scale_model_input(torch.cat([block.latents for block in blocks]), timestep)
         if inpainting is not None and inpainting.unet_extra is not None:
-            model_input = torch.cat([model_input, inpainting.unet_extra.repeat(parts, 1, 1, 1)], dim=1)
-        context = torch.cat([c.context.expand(batch, -1, -1) for c in conditions]).to(unet.dtype)
-        added = {key: torch.cat([c.inputs[key].expand(batch, -1) for c in conditions]).to(unet.dtype)
-                 for key in conditions[0].inputs}
+            model_input = torch.cat([model_input, inpainting.unet_extra.repeat(blocks[0].parts, 1, 1, 1)], dim=1)
+        context = torch.cat([block.group.conditioning.pad(block.contexts, length) for block in blocks]).to(unet.dtype)
+        added = {key: torch.cat([block.added[key] for block in blocks]).to(unet.dtype) for key in blocks[0].added}
         residuals = {} if control is None else control.residuals(
             index / len(timesteps), model_input[:, :latents.shape[1]], timestep, context, added,
-            0 if skip_uncond else batch)
+            0 if blocks[0].skip_uncond else blocks[0].group.rows)
         predictions = unet(model_input.to(unet.dtype), timestep, encoder_hidden_states=context,
                            added_cond_kwargs=added or None, **residuals).sample.float()
-        guided = _guided(predictions.chunk(parts), conditioning.weights, guidance.cfg_scale, skip_uncond)
+        guided = torch.cat([
+            _guided(part.chunk(block.parts), block.group.conditioning.weights, block.group.guidance.cfg_scale,
+                    block.skip_uncond)
+            for block, part in zip(blocks, predictions.split([b.latents.shape[0] for b in blocks]))])
         latents = scheduler.step(guided, timestep, latents, **step_kwargs).prev_sample
         if inpainting is not None and inpainting.unet_extra is None:
             latents = _keep_unmasked(scheduler, timesteps, index, latents, inpainting)
     return latents
+
+
+@dataclass
+class _Block:
+    """A group's rows for one model evaluation: its latents once per condition (uncond first, then each AND part),
+    their contexts and other inputs."""
+
+    group: Group
+    parts: int
+    skip_uncond: bool
+    latents: torch.Tensor
+    contexts: torch.Tensor
+    added: dict[str, torch.Tensor]
+
+
+def _blocks(groups: Sequence[Group], latents: torch.Tensor, step: int, index: int, scheduler,
+            timestep: torch.Tensor) -> list[_Block]:
+    blocks, start = [], 0
+    for group in groups:
+        rows = latents[start:start + group.rows]
+        start += group.rows
+        uncond, conds = group.conditioning.at(step)
+        skip_uncond = group.guidance.skips_uncond(index, scheduler, timestep)
+        conditions = conds if skip_uncond else (uncond, *conds)
+        contexts = torch.cat([c.context.expand(group.rows, -1, -1) for c in conditions])
+        added = {key: torch.cat([c.inputs[key].expand(group.rows, -1) for c in conditions])
+                 for key in conditions[0].inputs}
+        blocks.append(_Block(group, len(conditions), skip_uncond, torch.cat([rows] * len(conditions)), contexts,
+                             added))
+    return blocks
 
 
 def _guided(predictions: tuple[torch.Tensor, ...], weights, cfg_scale: float, skip_uncond: bool) -> torch.Tensor:

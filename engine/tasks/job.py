@@ -22,7 +22,7 @@ from ..prompts.conditioning import Conditioning, ConditioningParams
 from ..prompts.embeddings import Embedding, ForeignEmbedding, ti_hashes
 from ..prompts.lora import lora_hashes
 from ..prompts.parser import split_and
-from ..sampling.loop import Guidance, Inpainting, Switch, denoise, img2img_steps, set_schedule
+from ..sampling.loop import Group, Guidance, Inpainting, Switch, denoise, img2img_steps, set_schedule
 from ..sampling.noise import batch_noise, latent_shape
 from ..sampling.samplers import make_scheduler
 from ..store.model import LoadedModel
@@ -151,8 +151,9 @@ class Job:
         params = sampling.params
         self.extra_params.update(infotext_params(sampling.sampler, params))
         guidance = Guidance(self.plan.cfg_scale, params.s_min_uncond, sampling.sampler.guided_by_timestep)
-        latents = denoise((model or self.model).unet, scheduler, timesteps, latents, conditioning, guidance,
-                          generators, params.eta or 0.0, inpainting, self.progress, switch, control)
+        latents = denoise((model or self.model).unet, scheduler, timesteps, latents,
+                          [Group(latents.shape[0], conditioning, guidance)], generators, params.eta or 0.0, inpainting,
+                          self.progress, switch, control)
         if guidance.skipped_uncond:
             self.extra_params["NGMS"] = params.s_min_uncond
         if switch is not None and switch.switched:

@@ -10,7 +10,9 @@ DEMO_MODEL := $(DEMO_MODELS_DIR)/Stable-diffusion/tiny-sd15.safetensors
 # the stand-in face detector and CodeFormer (restore_faces), and the tiny BLIP captioner (/interrogate)
 DEMO_FACES := $(DEMO_MODELS_DIR)/Codeformer/codeformer-v0.1.0.pth
 DEMO_BLIP := $(DEMO_MODELS_DIR)/BLIP/tiny-blip/config.json
-DEMO_FILES := $(DEMO_MODEL) $(DEMO_FACES) $(DEMO_BLIP)
+# the tiny ControlNets (alwayson_scripts.controlnet) and the depth modules' networks
+DEMO_CONTROLNET := $(DEMO_MODELS_DIR)/ControlNet/tiny-controlnet-sd15.safetensors
+DEMO_FILES := $(DEMO_MODEL) $(DEMO_FACES) $(DEMO_BLIP) $(DEMO_CONTROLNET)
 export HF_HUB_OFFLINE := 1
 
 .PHONY: install demo test serve serve-runpod bake bench-cold bench-cold-sdxl clean
@@ -37,6 +39,11 @@ $(DEMO_FACES): | install
 
 $(DEMO_BLIP): | install
 	$(PY) -m engine.tiny.blip --models-dir $(DEMO_MODELS_DIR)
+
+$(DEMO_CONTROLNET): | install
+	$(PY) -m engine.tiny --models-dir $(DEMO_MODELS_DIR) --controlnet  # "model": "tiny-controlnet-sd15" in a unit
+	$(PY) -m engine.tiny --models-dir $(DEMO_MODELS_DIR) --controlnet --family sdxl  # on tiny-sdxl
+	$(PY) -m engine.tiny.annotators --models-dir $(DEMO_MODELS_DIR)  # depth_midas, depth_anything(_v2)
 
 demo: install $(DEMO_FILES)
 	MODELS_DIR=$(DEMO_MODELS_DIR) SD_MODEL=tiny-sd15 $(PY) -m handler.local test_input.json --outputs outputs

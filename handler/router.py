@@ -1,5 +1,8 @@
 """The router: one table from an A1111 (method, endpoint) to an operation and how it is scheduled (read at
-once, or wait for the one queue of generations and state changes), shared by every adapter."""
+once, or wait for the one queue of generations and state changes), shared by every adapter.
+
+Endpoints are named without A1111's /sdapi/v1/ prefix ("txt2img"); the sd-webui-controlnet extension's are served
+outside it, at /controlnet/... ("controlnet/detect"), as the extension serves them."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from schemas.infotext import parse_infotext
 from schemas.payload import check_payload
 from schemas.scripts import SdUpscaleArgs
 
-from . import control, listings, scripts
+from . import control, controlnet, listings, scripts
 from .delivery import Destination, deliver, encoded_images
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from engine.runtime import Engine
 
 API_PREFIX = "sdapi/v1/"
+EXTENSION_PREFIXES = ("controlnet/",)  # endpoints served at /<name>, outside API_PREFIX
 
 
 class UnknownEndpoint(LookupError):
@@ -170,6 +174,13 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "extensions"): Route(listings.nothing_listed, READ),
     ("GET", "cmd-flags"): Route(listings.cmd_flags, READ),
     ("GET", "memory"): Route(listings.memory, READ),
+    # the sd-webui-controlnet extension's
+    ("GET", "controlnet/version"): Route(controlnet.version, READ),
+    ("GET", "controlnet/model_list"): Route(controlnet.model_list, READ),
+    ("GET", "controlnet/module_list"): Route(controlnet.module_list, READ),
+    ("GET", "controlnet/control_types"): Route(controlnet.control_types, READ),
+    ("GET", "controlnet/settings"): Route(controlnet.settings, READ),
+    ("POST", "controlnet/detect"): Route(controlnet.detect, GENERATE),  # runs networks: one at a time
     # A1111 endpoints a serverless worker refuses (NotOffered), at once
     ("POST", "create/embedding"): Route(control.not_offered(control.NO_TRAINING), READ),
     ("POST", "create/hypernetwork"): Route(control.not_offered(control.NO_TRAINING), READ),
@@ -182,8 +193,14 @@ ROUTES: dict[tuple[str, str], Route] = {
 
 
 def normalize_endpoint(endpoint: str) -> str:
-    """"/sdapi/v1/txt2img", "sdapi/v1/txt2img" and "txt2img" all name the same endpoint."""
+    """"/sdapi/v1/txt2img", "sdapi/v1/txt2img" and "txt2img" all name the same endpoint; so do
+    "/controlnet/detect" and "controlnet/detect"."""
     return endpoint.strip().strip("/").removeprefix(API_PREFIX)
+
+
+def http_path(endpoint: str) -> str:
+    """The HTTP path an endpoint is served at: "/sdapi/v1/txt2img", "/controlnet/detect"."""
+    return f"/{endpoint}" if endpoint.startswith(EXTENSION_PREFIXES) else f"/{API_PREFIX}{endpoint}"
 
 
 def _key(method: str, endpoint: str) -> tuple[str, str]:
@@ -200,9 +217,9 @@ def queued(method: str, endpoint: str) -> bool:
 def _not_offered(method: str, endpoint: str) -> UnknownEndpoint:
     """The error for an endpoint not in ROUTES: the method to use if only that is wrong, else the generating ones."""
     other = next((m for m, e in ROUTES if e == endpoint and m != method), None)
-    hint = (f"use {other} /{API_PREFIX}{endpoint}" if other else "the generating endpoints are " + ", ".join(
-        f"{m} /{API_PREFIX}{e}" for (m, e), entry in ROUTES.items() if entry.kind is GENERATE))
-    return UnknownEndpoint(f"api.endpoint: {method} /{API_PREFIX}{cut(endpoint)} is not offered; {hint}")
+    hint = (f"use {other} {http_path(endpoint)}" if other else "the generating endpoints are " + ", ".join(
+        f"{m} {http_path(e)}" for (m, e), entry in ROUTES.items() if entry.kind is GENERATE))
+    return UnknownEndpoint(f"api.endpoint: {method} {http_path(cut(endpoint))} is not offered; {hint}")
 
 
 def route(engine: Engine, method: str, endpoint: str, payload: dict[str, Any],

@@ -2,6 +2,8 @@
 
     "alwayson_scripts": {"controlnet": {"args": [unit, ...]}}
 
+and the bodies of the extension's own endpoints (/controlnet/..., outside /sdapi/v1).
+
 A unit's fields, aliases and defaults are the extension's (internal_controlnet/args.py). As in the
 extension's current API, a unit that omits `enabled` is disabled (older clients that omit it must now
 send `"enabled": true`): it is read, checked and skipped. Modules and models are checked against what the
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from . import limits
 from .errors import RequestError, cut
 
+API_VERSION = 3  # what /controlnet/version answers: the extension's current API version
 SCRIPT = "controlnet"  # its key in alwayson_scripts (A1111 matches script titles case-insensitively)
 FIELD = f"alwayson_scripts.{SCRIPT}.args"
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")  # also sent as 0, 1, 2
@@ -143,3 +146,43 @@ def _parse(value: Any) -> tuple[ControlNetUnit, ...]:
             message = first["msg"].removeprefix("Value error, ")
             raise RequestError(f"{FIELD}[{index}]" + (f".{where}" if where else ""), message) from None
     return tuple(units)
+
+
+class DetectRequest(BaseModel):
+    """POST /controlnet/detect: run a module on images, as a unit would (the extension's fields and defaults)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    controlnet_module: str = Field("none", description="a module's name or label (/controlnet/module_list)")
+    controlnet_input_images: list[str] = Field(min_length=1, max_length=limits.MAX_IMAGES,
+                                               description="base64 PNG, JPEG or WebP images, or data: URIs")
+    controlnet_masks: list[str] = Field([], max_length=limits.MAX_IMAGES,
+                                        description="one per image for the inpaint modules (white = repaint); "
+                                                    "other modules ignore them")
+    controlnet_processor_res: int = -1  # -1, or out of the module's range: its default
+    controlnet_threshold_a: float = -1
+    controlnet_threshold_b: float = -1
+    low_vram: bool = False  # accepted; nothing to do on a worker that holds its models
+
+
+class DetectResponse(BaseModel):
+    """The detected maps (an inpaint module's: the image with the mask as half transparency), "Success"."""
+
+    images: list[str]
+    info: str = "Success"
+
+
+class ModelListQuery(BaseModel):
+    """GET /controlnet/model_list's query: `update` looks in ControlNet/ again first (the extension's default)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    update: bool = True
+
+
+class ModuleListQuery(BaseModel):
+    """GET /controlnet/module_list's query: `alias_names` lists the modules' UI labels in place of their names."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    alias_names: bool = False

@@ -303,8 +303,9 @@ def demo_writer_commands(models_dir: Path) -> list[list[str]]:
 
 @pytest.fixture(scope="session")
 def demo_models_dir(tmp_path_factory) -> Path:
-    """A models directory written by the commands `make demo` runs (run in-process): tiny-sd15, its LoRA, the
-    stand-in face detector and CodeFormer, the tiny BLIP captioner."""
+    """A models directory written by the commands `make demo` runs (run in-process): tiny-sd15, tiny-sdxl, its refiner,
+    their LoRAs, the tiny ControlNets and depth networks, the stand-in face detector and CodeFormer, the tiny BLIP
+    captioner. Every writer `make demo` gains runs here too: each must stay fast."""
     directory = tmp_path_factory.mktemp("demo-models")
     commands = demo_writer_commands(directory)
     assert commands, "make -n demo printed no python -m engine.tiny... command"

@@ -66,7 +66,7 @@ def timed(method: str, url: str, **kwargs) -> tuple[requests.Response, float]:
 def test_the_router_says_which_endpoints_wait_for_the_queue():
     waiting = {endpoint for method, endpoint in ROUTES if queued(method, endpoint)}
     assert waiting == {"txt2img", "img2img", "extra-single-image", "extra-batch-images", "interrogate",
-                       *(name for name, _ in CHANGES)}
+                       "controlnet/detect", *(name for name, _ in CHANGES)}
     assert queued("post", "/sdapi/v1/options") and not queued("GET", "options")
     assert not queued("POST", "interrupt") and not queued("POST", "nonexistent")
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from PIL import Image
 
-from schemas import RequestError
+from schemas import RequestError, limits
 from schemas.errors import quoted
 
 from . import detectors
@@ -51,6 +51,9 @@ class Slider:
         return {"name": self.name, "value": self.value, "min": self.min, "max": self.max, "step": self.step}
 
 
+# the weightless modules whose map has the image's size, whatever the resolution
+_KEEP_SIZE = frozenset({detectors.passthrough, detectors.invert, detectors.tile_resample, detectors.recolor_luminance,
+                        detectors.recolor_intensity})
 HIDDEN = Slider("EMPTY_LABEL", 0.5, 0.0, 1.0, visible=False)  # the extension's default parameter, not shown
 RESOLUTION = Slider("Resolution", 512, 64, 2048, step=8)
 
@@ -74,10 +77,22 @@ class Preprocessor:
     slider_b: Slider = HIDDEN
     annotator: str | None = None  # the folder under ControlNetAnnotators/ holding its network
     needs_mask: bool = False  # the inpaint modules: the image comes with a mask (the engine's)
+    tags: tuple[str, ...] = ()  # the extension's control types it is listed under (/controlnet/control_types)
 
     @property
     def needs_weights(self) -> bool:
         return self.annotator is not None
+
+    def check_map_size(self, image_size: tuple[int, int], resolution: float, field: str) -> None:
+        """A RequestError on `field` when the map would pass MAX_INPUT_PIXELS: the modules that scale the image's
+        short side to the resolution make a thin image huge (1 x 4000 at 2048: 2048 x 8 million)."""
+        if self.detect in _KEEP_SIZE:
+            return
+        width, height = detectors.scaled_size(*image_size, resolution)
+        if width * height > limits.MAX_INPUT_PIXELS:
+            raise RequestError(field, f"module {self.label!r} at resolution {resolution:g} would make the "
+                                      f"{image_size[0]}x{image_size[1]} image a {width}x{height} map, over the limit "
+                                      f"of {limits.MAX_INPUT_PIXELS} pixels (WORKER_MAX_INPUT_PIXELS)")
 
     def resolve(self, processor_res: float, threshold_a: float, threshold_b: float) -> Params:
         """The values a unit runs with: each outside its slider's range (-1 included) becomes the default."""
@@ -91,31 +106,33 @@ class Preprocessor:
 
 
 PREPROCESSORS: tuple[Preprocessor, ...] = (
-    Preprocessor("none", "none", detectors.passthrough, priority=10),
+    Preprocessor("none", "none", detectors.passthrough, priority=10, tags=("InstructP2P",)),
     Preprocessor("canny", "canny", detectors.canny, priority=100,
                  slider_a=Slider("Low Threshold", 100, 1, 255, step=1),
-                 slider_b=Slider("High Threshold", 200, 1, 255, step=1)),
-    Preprocessor("invert", "invert (from white bg & black line)", detectors.invert, priority=20, resolution=HIDDEN),
+                 slider_b=Slider("High Threshold", 200, 1, 255, step=1), tags=("Canny",)),
+    Preprocessor("invert", "invert (from white bg & black line)", detectors.invert, priority=20, resolution=HIDDEN,
+                 tags=("Canny", "Lineart", "Scribble", "MLSD")),
     Preprocessor("blur_gaussian", "blur_gaussian", detectors.blur_gaussian,
-                 slider_a=Slider("Sigma", 9.0, 0.01, 64.0)),
+                 slider_a=Slider("Sigma", 9.0, 0.01, 64.0), tags=("Tile",)),
     Preprocessor("scribble_xdog", "scribble_xdog", detectors.scribble_xdog,
-                 slider_a=Slider("XDoG Threshold", 32, 1, 64)),
-    Preprocessor("inpaint", "inpaint_global_harmonious", detectors.passthrough, needs_mask=True, resolution=HIDDEN),
+                 slider_a=Slider("XDoG Threshold", 32, 1, 64), tags=("Scribble", "SparseCtrl")),
+    Preprocessor("inpaint", "inpaint_global_harmonious", detectors.passthrough, needs_mask=True, resolution=HIDDEN,
+                 tags=("Inpaint",)),
     Preprocessor("inpaint_only", "inpaint_only", detectors.passthrough, priority=100, needs_mask=True,
-                 resolution=HIDDEN),
+                 resolution=HIDDEN, tags=("Inpaint",)),
     Preprocessor("threshold", "threshold", detectors.threshold,
                  slider_a=Slider("Binarization Threshold", 127, 0, 255)),
     Preprocessor("tile_resample", "tile_resample", detectors.tile_resample, priority=100,
-                 slider_a=Slider("Down Sampling Rate", 1.0, 1.0, 8.0)),
+                 slider_a=Slider("Down Sampling Rate", 1.0, 1.0, 8.0), tags=("Tile",)),
     Preprocessor("lineart_standard", "lineart_standard (from white bg & black line)", detectors.lineart_standard,
-                 priority=100),
+                 priority=100, tags=("Lineart",)),
     Preprocessor("recolor_luminance", "recolor_luminance", detectors.recolor_luminance, priority=100,
-                 slider_a=Slider("Gamma Correction", 1.0, 0.1, 2.0, step=0.001)),
+                 slider_a=Slider("Gamma Correction", 1.0, 0.1, 2.0, step=0.001), tags=("Recolor",)),
     Preprocessor("recolor_intensity", "recolor_intensity", detectors.recolor_intensity,
-                 slider_a=Slider("Gamma Correction", 1.0, 0.1, 2.0, step=0.001)),
-    Preprocessor("depth", "depth_midas", None, priority=100, annotator="midas"),
-    Preprocessor("depth_anything", "depth_anything", None, annotator="depth_anything"),
-    Preprocessor("depth_anything_v2", "depth_anything_v2", None, annotator="depth_anything_v2"),
+                 slider_a=Slider("Gamma Correction", 1.0, 0.1, 2.0, step=0.001), tags=("Recolor",)),
+    Preprocessor("depth", "depth_midas", None, priority=100, annotator="midas", tags=("Depth",)),
+    Preprocessor("depth_anything", "depth_anything", None, annotator="depth_anything", tags=("Depth",)),
+    Preprocessor("depth_anything_v2", "depth_anything_v2", None, annotator="depth_anything_v2", tags=("Depth",)),
 )
 _BY_LABEL = {p.label: p for p in PREPROCESSORS}
 _BY_NAME = {p.name: p for p in PREPROCESSORS}

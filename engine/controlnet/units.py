@@ -89,6 +89,7 @@ def prepare(plan: ControlPlan, image: Image.Image, mask: Image.Image | None, fir
     params = preprocessor.resolve(plan.processor_res, plan.threshold_a, plan.threshold_b)
     if plan.pixel_perfect:
         params = params._replace(resolution=pixel_perfect_resolution(image.size, *first_size, plan.resize_mode))
+    preprocessor.check_map_size(image.size, params.resolution, plan.field("image"))
     detect = annotators.detector(preprocessor, plan.field("module"))
     detected = detect(image.convert("RGB"), params.resolution, params.threshold_a, params.threshold_b)
     if mask is not None:

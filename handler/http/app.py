@@ -1,5 +1,6 @@
-"""The A1111-compatible HTTP app: every route of the router under /sdapi/v1/, A1111's response and
-error shapes, HTTP Basic (--api-auth) and bearer-token auth.
+"""The A1111-compatible HTTP app: every route of the router under /sdapi/v1/ (the ControlNet extension's under
+/controlnet/), A1111's response and error shapes, HTTP Basic (--api-auth) and bearer-token auth. GET endpoints
+take their query parameters as their payload.
 
 Generations and state changes (the router's queued endpoints) run one at a time on a thread of their own,
 in a bounded queue (WORKER_QUEUE_SIZE; a full queue answers 503 with Retry-After). Waiting for that queue
@@ -34,7 +35,7 @@ from schemas.errors import cut
 
 from ..delivery import Destination
 from ..errors import NotOffered, describe
-from ..router import API_PREFIX, ROUTES, UnknownEndpoint, queued, route
+from ..router import API_PREFIX, EXTENSION_PREFIXES, ROUTES, UnknownEndpoint, http_path, queued, route
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -228,19 +229,21 @@ def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: 
         except NotOffered as error:
             return _error(400, "Bad Request", describe(error))
         except Exception as error:  # a bug, a device or a delivery failure: logged, and A1111's error body
-            log.exception("%s /%s%s failed", method, API_PREFIX, endpoint)
+            log.exception("%s %s failed", method, http_path(endpoint))
             return _error(500, type(error).__name__, describe(error))
 
     for method, endpoint in ROUTES:
         async def endpoint_function(request: Request, _method=method, _endpoint=endpoint):
             return await call(request, _method, _endpoint)
 
-        app.add_api_route(f"/{API_PREFIX}{endpoint}", endpoint_function, methods=[method], name=f"{method} {endpoint}",
+        app.add_api_route(http_path(endpoint), endpoint_function, methods=[method], name=f"{method} {endpoint}",
                           dependencies=[Depends(authenticate)])
 
-    @app.api_route(f"/{API_PREFIX}{{name:path}}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
-                   dependencies=[Depends(authenticate)], include_in_schema=False)
-    async def not_offered(request: Request, name: str):
-        return _error(404, "Not Found", f"{request.method} /{API_PREFIX}{cut(name)} is not offered by this worker")
+    for prefix in (API_PREFIX, *EXTENSION_PREFIXES):
+        async def not_offered(request: Request, name: str, _prefix=prefix):
+            return _error(404, "Not Found", f"{request.method} /{_prefix}{cut(name)} is not offered by this worker")
+
+        app.add_api_route(f"/{prefix}{{name:path}}", not_offered, methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+                          dependencies=[Depends(authenticate)], include_in_schema=False)
 
     return app

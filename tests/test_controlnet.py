@@ -358,7 +358,9 @@ def test_a_unit_without_effect_gives_the_image_without_units(cn_engine, plain, c
     ({"guidance_start": 0.5}, "Guidance Start: 0.5"),
     ({"weight": 0.5}, "Weight: 0.5"),
     ({"threshold_a": 20, "threshold_b": 40}, "Threshold A: 20.0, Threshold B: 40.0"),
-    ({"pixel_perfect": True}, "Processor Res: 64, "),  # the resolution that fits the 64x64 image to 64x64
+    # the image runs at the resolution that fits it to 64x64; the infotext keeps the unit's own (as the extension)
+    ({"pixel_perfect": True}, "Processor Res: 512, Threshold A: 100, Threshold B: 200, Guidance Start: 0.0, "
+                              "Guidance End: 1.0, Pixel Perfect: True"),
 ], ids=["image", "guidance_start", "weight", "thresholds", "pixel_perfect"])
 def test_each_unit_field_changes_the_image(cn_engine, plain, controlled, change, shown):
     output = generate(cn_engine, **units({**UNIT, **change}))

@@ -42,7 +42,7 @@ class PreparedUnit:
 
     plan: ControlPlan
     preprocessor: Preprocessor
-    params: Params  # the resolution and thresholds it ran with
+    params: Params  # the unit's resolution and thresholds (before pixel perfect: the infotext's, as the extension's)
     network: torch.nn.Module | None
     model_title: str  # "name [hash8]", or "None"
     detected: Image.Image  # RGB, at the preprocessor's resolution
@@ -87,11 +87,11 @@ def prepare(plan: ControlPlan, image: Image.Image, mask: Image.Image | None, fir
         raise RequestError(plan.field("image"), f"module {plan.module!r} needs a mask: send the unit's image as "
                                                 "{image, mask}, or use it in img2img with a mask")
     params = preprocessor.resolve(plan.processor_res, plan.threshold_a, plan.threshold_b)
-    if plan.pixel_perfect:
-        params = params._replace(resolution=pixel_perfect_resolution(image.size, *first_size, plan.resize_mode))
-    preprocessor.check_map_size(image.size, params.resolution, plan.field("image"))
+    resolution = pixel_perfect_resolution(image.size, *first_size, plan.resize_mode) if plan.pixel_perfect \
+        else params.resolution
+    preprocessor.check_map_size(image.size, resolution, plan.field("image"))
     detect = annotators.detector(preprocessor, plan.field("module"))
-    detected = detect(image.convert("RGB"), params.resolution, params.threshold_a, params.threshold_b)
+    detected = detect(image.convert("RGB"), resolution, params.threshold_a, params.threshold_b)
     if mask is not None:
         mask = mask.convert("L").resize(image.size)
     return PreparedUnit(plan, preprocessor, params, network, model_title, detected.convert("RGB"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -25,7 +25,7 @@ from schemas.errors import quoted
 from .device import pick_device, pick_dtype
 from .prompts.embeddings import Embeddings
 from .postprocess.extras import Extras, extras
-from .faults import out_of_memory_as_error
+from .faults import out_of_memory_as_error, reraise_server_fault
 from .postprocess.face_restoration import FaceRestorer, FaceRestorers, restores_faces
 from .tasks.generation import Generation
 from .tasks.img2img import img2img
@@ -42,6 +42,8 @@ from .controlnet.annotators import Annotators
 from .controlnet.models import ControlNets
 from .controlnet.units import PreparedUnit
 from .controlnet.units import prepare as prepare_unit
+from .tasks.batch import batch_key, txt2img_together
+from .tasks.job import Job
 from .tasks.plan import Plan, plan_of
 from .tasks.txt2img import txt2img
 from .postprocess.upscalers import Upscalers
@@ -204,6 +206,53 @@ class Engine:
         return self._generate(request, lambda plan, m: txt2img(
             m.model, plan, m.options, self.upscalers, self.progress, m.faces, m.hires, firstpass_image, m.refiner,
             m.controls), control_images)
+
+    def batch_key(self, request: Txt2ImgRequest) -> Hashable | None:
+        """What a txt2img request must share with others for txt2img_batch to run them together; None: alone."""
+        if not request.override_settings_restore_afterwards or request.script is not None:
+            return None
+        try:
+            options = self.options.merged(request.override_settings)
+            return batch_key(plan_of(request, options), options)
+        except ValueError:  # a bad request fails on its own, when it runs
+            return None
+
+    def txt2img_batch(self, requests: Sequence[Txt2ImgRequest]) -> list[Generation | Exception]:
+        """Requests with one batch_key, as one batch: each one's generation, or the error that failed it alone (a
+        bad prompt, LoRA or face restorer fails its request before any sampling; the others run without it)."""
+        if len(requests) == 1 or self._request_model(self.options.merged(requests[0].override_settings)).is_inpainting:
+            return [self._alone(request) for request in requests]
+        results: list[Generation | Exception | None] = [None] * len(requests)
+        width, height = requests[0].output_size
+        images = sum(request.batch_size for request in requests)
+        with out_of_memory_as_error(self.device, f"{width}x{height}, batch {images} of {len(requests)} requests"):
+            options = self.options.merged(requests[0].override_settings)
+            model = self._request_model(options)
+            entries, runs = [], []
+            for index, request in enumerate(requests):
+                try:
+                    request_options = self.options.merged(request.override_settings)
+                    entry = (plan_of(request, request_options), request_options,
+                             self._face_restorer(request, request_options))
+                    Job(model, *entry[:2])  # checks the prompts and LoRAs before any work
+                except Exception as error:
+                    reraise_server_fault(error)
+                    results[index] = error
+                    continue
+                entries.append(entry)
+                runs.append(index)
+            try:
+                for index, generation in zip(runs, txt2img_together(model, entries, self.progress) if entries else []):
+                    results[index] = generation
+            finally:
+                model.loras.deactivate()
+        return results
+
+    def _alone(self, request: Txt2ImgRequest) -> Generation | Exception:
+        try:
+            return self.txt2img(request)
+        except Exception as error:  # handed to the caller, which answers as for its own call
+            return error
 
     def img2img(self, request: Img2ImgRequest, init_images: list[Image.Image], mask: Image.Image | None,
                 latent_mask: Image.Image | None = None, control_images: Sequence[ControlImage] = ()) -> Generation:

@@ -3,9 +3,11 @@
 The engine loads the checkpoint here, before serverless.start, so it happens once per worker
 (handler/startup.py: runpod imports beside it). Logging is set up first (handler/logs.py). In the SDK's
 production mode (it takes jobs from RunPod's job API) each job's progress is posted while it runs
-(handler/progress_updates.py); its local modes have nowhere to post it.
+(handler/progress_updates.py); its local modes have nowhere to post it. With WORKER_CONCURRENCY above 1 the
+worker takes that many jobs at once, and compatible txt2img jobs run as one batch (handler/batching.py).
 """
 
+import asyncio
 import os
 import sys
 
@@ -14,6 +16,8 @@ from .progress_updates import ProgressUpdates, interval_from_env
 from .startup import start_engine
 
 _LOCAL_FLAGS = ("--test_input", "--rp_serve_api")  # the SDK runs one job, or serves its local API
+DEFAULT_GPU_CONCURRENCY = 4  # compatible jobs batch on the GPU; on the CPU a batch gains nothing
+MAX_CONCURRENCY = 64
 
 
 def production_mode(argv: list[str]) -> bool:
@@ -26,16 +30,35 @@ def main() -> None:
     configure_logging()  # before runpod is imported, on start_engine's second thread
     try:
         interval = interval_from_env()
+        concurrency = concurrency_from_env()
     except ValueError as error:
         sys.exit(f"error: {error}")
     engine = start_engine(beside=("runpod.serverless",))
     from runpod import serverless  # imported by now
 
+    from .batching import BatchingEngine
     from .worker import make_handler  # the engine's modules: imported by now too
 
     redact_runpod_logs()
     updates = ProgressUpdates(interval) if production_mode(sys.argv[1:]) else None
-    serverless.start({"handler": make_handler(engine, updates)})
+    jobs = concurrency or (DEFAULT_GPU_CONCURRENCY if engine.device.type == "cuda" else 1)
+    if jobs == 1:
+        serverless.start({"handler": make_handler(engine, updates)})
+        return
+    handle = make_handler(BatchingEngine(engine), updates)
+
+    async def handle_concurrently(job: dict) -> dict:  # the SDK awaits it; the job runs on a thread of its own
+        return await asyncio.to_thread(handle, job)
+
+    serverless.start({"handler": handle_concurrently, "concurrency_modifier": lambda current: jobs})
+
+
+def concurrency_from_env() -> int:
+    """WORKER_CONCURRENCY: jobs a worker takes at once (0 or unset: DEFAULT_GPU_CONCURRENCY on CUDA, else 1)."""
+    value = os.environ.get("WORKER_CONCURRENCY", "").strip() or "0"
+    if not value.isdigit() or int(value) > MAX_CONCURRENCY:
+        raise ValueError(f"WORKER_CONCURRENCY must be a whole number from 0 to {MAX_CONCURRENCY} (got {value[:20]!r})")
+    return int(value)
 
 
 if __name__ == "__main__":

@@ -87,13 +87,12 @@ class Conditioning:
         """(uncond, conds) for a step, contexts padded to the same number of chunks with the empty prompt's."""
         conditions = [self.uncond.at(step)] + [schedule.at(step) for _, schedule in self.conds]
         length = max(c.context.shape[1] for c in conditions)
-        padded = [TextCondition(self.pad(c.context, length), c.inputs) for c in conditions]
+        padded = [TextCondition(self._pad(c.context, length), c.inputs) for c in conditions]
         return padded[0], padded[1:]
 
-    def pad(self, tensor: torch.Tensor, length: int) -> torch.Tensor:
-        """Contexts (rows, 77 * chunks, width) padded to `length` positions with the empty prompt's chunks."""
+    def _pad(self, tensor: torch.Tensor, length: int) -> torch.Tensor:
         missing = (length - tensor.shape[1]) // CHUNK_LENGTH
-        return torch.cat([tensor, self.empty().repeat(tensor.shape[0], missing, 1)], dim=1) if missing else tensor
+        return torch.cat([tensor, self.empty().repeat(1, missing, 1)], dim=1) if missing else tensor
 
     @property
     def weights(self) -> list[float]:

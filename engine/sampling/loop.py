@@ -146,21 +146,24 @@ def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, gro
         if churn is not None:
             latents, timestep = churn(latents, timestep, generators)
         blocks = _blocks(groups, latents, index // scheduler.order, index, scheduler, timestep)
-        length = max(block.contexts.shape[1] for block in blocks)
-        model_input = scheduler.scale_model_input(torch.cat([block.latents for block in blocks]), timestep)
-        if inpainting is not None and inpainting.unet_extra is not None:
-            model_input = torch.cat([model_input, inpainting.unet_extra.repeat(blocks[0].parts, 1, 1, 1)], dim=1)
-        context = torch.cat([block.group.conditioning.pad(block.contexts, length) for block in blocks]).to(unet.dtype)
-        added = {key: torch.cat([block.added[key] for block in blocks]).to(unet.dtype) for key in blocks[0].added}
-        residuals = {} if control is None else control.residuals(
-            index / len(timesteps), model_input[:, :latents.shape[1]], timestep, context, added,
-            0 if blocks[0].skip_uncond else blocks[0].group.rows)
-        predictions = unet(model_input.to(unet.dtype), timestep, encoder_hidden_states=context,
-                           added_cond_kwargs=added or None, **residuals).sample.float()
+        predictions: dict[int, torch.Tensor] = {}
+        for length in {block.contexts.shape[1] for block in blocks}:  # padding a context would change its result
+            same = [i for i, block in enumerate(blocks) if block.contexts.shape[1] == length]
+            model_input = scheduler.scale_model_input(torch.cat([blocks[i].latents for i in same]), timestep)
+            if inpainting is not None and inpainting.unet_extra is not None:
+                model_input = torch.cat([model_input, inpainting.unet_extra.repeat(blocks[0].parts, 1, 1, 1)], dim=1)
+            context = torch.cat([blocks[i].contexts for i in same]).to(unet.dtype)
+            added = {key: torch.cat([blocks[i].added[key] for i in same]).to(unet.dtype) for key in blocks[0].added}
+            residuals = {} if control is None else control.residuals(
+                index / len(timesteps), model_input[:, :latents.shape[1]], timestep, context, added,
+                0 if blocks[0].skip_uncond else blocks[0].group.rows)
+            output = unet(model_input.to(unet.dtype), timestep, encoder_hidden_states=context,
+                          added_cond_kwargs=added or None, **residuals).sample.float()
+            predictions.update(zip(same, output.split([blocks[i].latents.shape[0] for i in same])))
         guided = torch.cat([
-            _guided(part.chunk(block.parts), block.group.conditioning.weights, block.group.guidance.cfg_scale,
-                    block.skip_uncond)
-            for block, part in zip(blocks, predictions.split([b.latents.shape[0] for b in blocks]))])
+            _guided(predictions[i].chunk(block.parts), block.group.conditioning.weights,
+                    block.group.guidance.cfg_scale, block.skip_uncond)
+            for i, block in enumerate(blocks)])
         latents = scheduler.step(guided, timestep, latents, **step_kwargs).prev_sample
         if inpainting is not None and inpainting.unet_extra is None:
             latents = _keep_unmasked(scheduler, timesteps, index, latents, inpainting)
@@ -170,7 +173,7 @@ def denoise(unet, scheduler, timesteps: torch.Tensor, latents: torch.Tensor, gro
 @dataclass
 class _Block:
     """A group's rows for one model evaluation: its latents once per condition (uncond first, then each AND part),
-    their contexts and other inputs."""
+    their contexts (padded to one length within the group, as A1111 pads a request's) and other inputs."""
 
     group: Group
     parts: int

@@ -148,17 +148,26 @@ class Job:
         """Run a sampling pass on `model` (the request's unless another is given) with the plan's guidance. Its
         sampler parameters go into the infotext as A1111 adds them: when the pass starts, and NGMS once a negative
         prompt was skipped; the refiner's keys once the run switched to it."""
-        params = sampling.params
-        self.extra_params.update(infotext_params(sampling.sampler, params))
-        guidance = Guidance(self.plan.cfg_scale, params.s_min_uncond, sampling.sampler.guided_by_timestep)
-        latents = denoise((model or self.model).unet, scheduler, timesteps, latents,
-                          [Group(latents.shape[0], conditioning, guidance)], generators, params.eta or 0.0, inpainting,
-                          self.progress, switch, control)
-        if guidance.skipped_uncond:
-            self.extra_params["NGMS"] = params.s_min_uncond
+        group = self.group(sampling, conditioning, latents.shape[0])
+        latents = denoise((model or self.model).unet, scheduler, timesteps, latents, [group], generators,
+                          sampling.params.eta or 0.0, inpainting, self.progress, switch, control)
+        self.sampled(sampling, group)
         if switch is not None and switch.switched:
             self._add_refiner_params()
         return latents
+
+    def group(self, sampling: PassPlan, conditioning: Conditioning, rows: int) -> Group:
+        """The job's rows of a sampling pass with their guidance; the sampler parameters go into the infotext as A1111
+        adds them, when the pass starts."""
+        params = sampling.params
+        self.extra_params.update(infotext_params(sampling.sampler, params))
+        return Group(rows, conditioning, Guidance(self.plan.cfg_scale, params.s_min_uncond,
+                                                  sampling.sampler.guided_by_timestep))
+
+    def sampled(self, sampling: PassPlan, group: Group) -> None:
+        """After a pass: NGMS in the infotext once a negative prompt was skipped, as A1111 adds it."""
+        if group.guidance.skipped_uncond:
+            self.extra_params["NGMS"] = sampling.params.s_min_uncond
 
     def _add_refiner_params(self) -> None:
         """A1111's infotext keys for a run that switched to the refiner."""

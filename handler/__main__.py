@@ -12,12 +12,11 @@ import os
 import sys
 
 from .logs import configure_logging, redact_runpod_logs
+from .batching import concurrency_from_env
 from .progress_updates import ProgressUpdates, interval_from_env
 from .startup import start_engine
 
 _LOCAL_FLAGS = ("--test_input", "--rp_serve_api")  # the SDK runs one job, or serves its local API
-DEFAULT_GPU_CONCURRENCY = 4  # compatible jobs batch on the GPU; on the CPU a batch gains nothing
-MAX_CONCURRENCY = 64
 
 
 def production_mode(argv: list[str]) -> bool:
@@ -36,12 +35,12 @@ def main() -> None:
     engine = start_engine(beside=("runpod.serverless",))
     from runpod import serverless  # imported by now
 
-    from .batching import BatchingEngine
+    from .batching import BatchingEngine, jobs_at_once
     from .worker import make_handler  # the engine's modules: imported by now too
 
     redact_runpod_logs()
     updates = ProgressUpdates(interval) if production_mode(sys.argv[1:]) else None
-    jobs = concurrency or (DEFAULT_GPU_CONCURRENCY if engine.device.type == "cuda" else 1)
+    jobs = jobs_at_once(concurrency, engine.device)
     if jobs == 1:
         serverless.start({"handler": make_handler(engine, updates)})
         return
@@ -53,12 +52,6 @@ def main() -> None:
     serverless.start({"handler": handle_concurrently, "concurrency_modifier": lambda current: jobs})
 
 
-def concurrency_from_env() -> int:
-    """WORKER_CONCURRENCY: jobs a worker takes at once (0 or unset: DEFAULT_GPU_CONCURRENCY on CUDA, else 1)."""
-    value = os.environ.get("WORKER_CONCURRENCY", "").strip() or "0"
-    if not value.isdigit() or int(value) > MAX_CONCURRENCY:
-        raise ValueError(f"WORKER_CONCURRENCY must be a whole number from 0 to {MAX_CONCURRENCY} (got {value[:20]!r})")
-    return int(value)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ the error that failed it alone. Other attributes (options, checkpoints, progress
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -18,8 +19,26 @@ from typing import TYPE_CHECKING, Any
 from schemas import limits
 
 if TYPE_CHECKING:
+    import torch
+
     from engine.runtime import Engine
     from schemas import Txt2ImgRequest
+
+DEFAULT_GPU_CONCURRENCY = 4  # compatible jobs batch on the GPU; on the CPU a batch gains nothing
+MAX_CONCURRENCY = 64
+
+
+def concurrency_from_env() -> int:
+    """WORKER_CONCURRENCY: jobs a worker takes at once (0 or unset: jobs_at_once's default)."""
+    value = os.environ.get("WORKER_CONCURRENCY", "").strip() or "0"
+    if not value.isdigit() or int(value) > MAX_CONCURRENCY:
+        raise ValueError(f"WORKER_CONCURRENCY must be a whole number from 0 to {MAX_CONCURRENCY} (got {value[:20]!r})")
+    return int(value)
+
+
+def jobs_at_once(configured: int, device: torch.device) -> int:
+    """WORKER_CONCURRENCY's value, or by default DEFAULT_GPU_CONCURRENCY on CUDA and 1 elsewhere."""
+    return configured or (DEFAULT_GPU_CONCURRENCY if device.type == "cuda" else 1)
 
 
 class _Work:

@@ -158,3 +158,75 @@ def test_the_worker_takes_several_jobs_at_once_and_answers_each(models_dir, work
     for job in jobs:
         info = json.loads(done[job["id"]]["output"]["info"])
         assert info["all_seeds"] == [job["input"]["seed"]] and info["prompt"] == job["input"]["prompt"]
+
+
+def test_the_http_server_batches_requests_that_arrive_together(engine, serve_app, monkeypatch):
+    """With concurrency, requests that arrive while one runs wait for the engine thread and run as one batch; each
+    response is the one it gets alone."""
+    import requests
+
+    from handler.http.app import create_app
+
+    batches, release = [], threading.Event()
+    original = type(engine).txt2img_batch
+
+    def recording(self, batch):
+        release.wait(10)
+        batches.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(type(engine), "txt2img_batch", recording)
+    base = serve_app(create_app(engine, queue_size=8, concurrency=4))
+    bodies = [{**BASE, "prompt": f"a cat number {i}", "seed": i} for i in range(4)]
+    responses: dict[int, dict] = {}
+
+    def post(index):
+        responses[index] = requests.post(f"{base}/sdapi/v1/txt2img", json=bodies[index], timeout=120).json()
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
+    threads[0].start()
+    time.sleep(0.5)
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(1)
+    release.set()
+    for thread in threads:
+        thread.join(120)
+    assert batches == [1, 3]
+    for index, body in enumerate(bodies):
+        alone = engine.txt2img(Txt2ImgRequest(**body))
+        assert json.loads(responses[index]["info"])["infotexts"] == alone.info["infotexts"]
+
+
+@pytest.fixture(scope="module")
+def addons_engine(tiny_models_dir_factory, start_tiny_engine):
+    """tiny-sd15 with a tiny LoRA and VAE."""
+    from engine.tiny.addons import write_tiny_vae
+    from engine.tiny.lora import write_tiny_lora
+
+    directory = tiny_models_dir_factory("batching-models")
+    write_tiny_lora(directory, "tiny-lora", seed=1)
+    write_tiny_vae(directory, "other.safetensors", seed=2)
+    return start_tiny_engine(directory)
+
+
+def test_concurrent_jobs_keep_their_own_loras_overrides_vaes_and_sizes(addons_engine):
+    """Jobs that differ (a LoRA, an override, a VAE, a size) run side by side through the batching engine, each
+    getting exactly the images it gets alone, and the next request is the base model's."""
+    engine = addons_engine
+    batching = BatchingEngine(engine)
+    requests_ = [Txt2ImgRequest(**{**BASE, "prompt": "a cat", "seed": 9, **change}) for change in (
+        {}, {"prompt": "a cat <lora:tiny-lora:0.8>"}, {"override_settings": {"CLIP_stop_at_last_layers": 2}},
+        {"override_settings": {"sd_vae": "other.safetensors"}}, {"width": 128}, {"prompt": "a dog"})]
+    alone = [pixels(engine.txt2img(request)) for request in requests_]
+    assert all(not np.array_equal(alone[0], other) for other in alone[1:4] + alone[5:])  # each change shows
+    results: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda i=i, r=r: results.__setitem__(i, batching.txt2img(r)))
+               for i, r in enumerate(requests_)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for index, expected in enumerate(alone):
+        assert np.abs(pixels(results[index]) - expected).max() <= 1, index
+    assert np.array_equal(pixels(engine.txt2img(requests_[0])), alone[0])

@@ -7,6 +7,7 @@ The same image as the RunPod worker serves this, with this as its command.
 import argparse
 import os
 
+from ..batching import concurrency_from_env, jobs_at_once
 from ..logs import configure_logging
 from ..startup import start_engine
 
@@ -30,13 +31,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="HTTP Basic credentials, user:pass[,user2:pass2]")
     args = parser.parse_args(argv)
     configure_logging()
+    try:
+        concurrency = concurrency_from_env()
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
     engine = start_engine(beside=("fastapi", "uvicorn"))
     import uvicorn  # imported by now
 
     from .app import create_app
 
     tokens = [t.strip() for t in os.environ.get("API_TOKENS", "").split(",") if t.strip()]
-    uvicorn.run(create_app(engine, args.api_auth, tokens), host=args.host, port=args.port)
+    uvicorn.run(create_app(engine, args.api_auth, tokens, concurrency=jobs_at_once(concurrency, engine.device)),
+                host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from schemas import RequestError, limits
 from schemas.errors import cut
 
+from ..batching import BatchingEngine
 from ..delivery import Destination
 from ..errors import NotOffered, describe
 from ..router import API_PREFIX, EXTENSION_PREFIXES, ROUTES, UnknownEndpoint, http_path, queued, route
@@ -84,12 +85,13 @@ class QueueFull(Exception):
 class JobQueue:
     """Runs jobs one at a time on a thread of its own; at most `size` wait while one runs."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, workers: int = 1):
+        """`workers`: jobs run at once (their engine calls still take turns: handler/batching.py)."""
         self.size = size
         self.admitted = 0  # waiting or running
         self.last_seconds = 0.0  # the last job's duration: about when a place frees up
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation-queue")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generation-queue")
 
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
         """`function(*args)` when its turn comes, awaited without holding a thread; QueueFull if no place is left."""
@@ -176,11 +178,14 @@ async def _read_body(request: Request) -> bytes | None:
 
 
 def create_app(engine: Engine, credentials: list[tuple[str, str]] = (), tokens: list[str] = (),
-               queue_size: int | None = None) -> FastAPI:
-    """The app on `engine`; `queue_size` requests may wait for the queue (default: WORKER_QUEUE_SIZE, else 32)."""
+               queue_size: int | None = None, concurrency: int = 1) -> FastAPI:
+    """The app on `engine`; `queue_size` requests may wait for the queue (default: WORKER_QUEUE_SIZE, else 32);
+    `concurrency` of them run at once, compatible txt2img requests as one batch (handler/batching.py)."""
     app = FastAPI(title="a1111-worker", description="AUTOMATIC1111-compatible API on diffusers")
     app.add_middleware(AccessLog)
-    app.state.queue = queue = JobQueue(queue_size_from_env() if queue_size is None else queue_size)
+    app.state.queue = queue = JobQueue(queue_size_from_env() if queue_size is None else queue_size, concurrency)
+    if concurrency > 1:
+        engine = BatchingEngine(engine)
     authenticate = Authenticator(list(credentials), list(tokens))
 
     @app.exception_handler(_Unauthorized)

@@ -72,18 +72,26 @@ def test_requests_with_work_of_their_own_run_alone(engine, change):
     assert engine.batch_key(Txt2ImgRequest(**{**BASE, "prompt": "a cat", **change})) is None
 
 
-def test_calls_that_arrive_while_the_engine_is_busy_batch(engine, monkeypatch):
-    """Threads calling txt2img together: the engine thread takes the compatible ones as one batch, each caller gets
-    its own generation; an error reaches only its caller."""
+@pytest.fixture
+def held_batches(engine, monkeypatch) -> tuple[list[int], threading.Event]:
+    """(the sizes of the batches the engine ran, an event that lets the first one go): the first call holds the
+    engine until the others wait behind it."""
     batches, release = [], threading.Event()
     original = type(engine).txt2img_batch
 
     def recording(self, requests):
-        release.wait(10)  # the first call holds the engine until the others wait behind it
+        release.wait(10)
         batches.append(len(requests))
         return original(self, requests)
 
     monkeypatch.setattr(type(engine), "txt2img_batch", recording)
+    return batches, release
+
+
+def test_calls_that_arrive_while_the_engine_is_busy_batch(engine, held_batches):
+    """Threads calling txt2img together: the engine thread takes the compatible ones as one batch, each caller gets
+    its own generation; an error reaches only its caller."""
+    batches, release = held_batches
     batching = BatchingEngine(engine)
     bad = Txt2ImgRequest(prompt="a cat BREAK " * 30, seed=4, **BASE)  # over the chunk limit: fails in the batch
     assert engine.batch_key(bad) == engine.batch_key(REQUESTS[0])
@@ -160,22 +168,14 @@ def test_the_worker_takes_several_jobs_at_once_and_answers_each(models_dir, work
         assert info["all_seeds"] == [job["input"]["seed"]] and info["prompt"] == job["input"]["prompt"]
 
 
-def test_the_http_server_batches_requests_that_arrive_together(engine, serve_app, monkeypatch):
+def test_the_http_server_batches_requests_that_arrive_together(engine, serve_app, held_batches):
     """With concurrency, requests that arrive while one runs wait for the engine thread and run as one batch; each
     response is the one it gets alone."""
     import requests
 
     from handler.http.app import create_app
 
-    batches, release = [], threading.Event()
-    original = type(engine).txt2img_batch
-
-    def recording(self, batch):
-        release.wait(10)
-        batches.append(len(batch))
-        return original(self, batch)
-
-    monkeypatch.setattr(type(engine), "txt2img_batch", recording)
+    batches, release = held_batches
     base = serve_app(create_app(engine, queue_size=8, concurrency=4))
     bodies = [{**BASE, "prompt": f"a cat number {i}", "seed": i} for i in range(4)]
     responses: dict[int, dict] = {}

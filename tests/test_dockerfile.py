@@ -1,5 +1,6 @@
 """The Dockerfile: linted by hadolint, and built so weights never follow code changes."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -81,16 +82,35 @@ def test_dependencies_are_pinned_and_the_manifest_parses():
 
 
 
-def test_the_fetch_stage_imports_with_only_the_files_it_copies(tmp_path):
-    """The fetch stage runs engine.bake with nothing but its COPY'd files and the standard library (its
-    third-party imports are lazy): an import of another package there would fail only in a docker build."""
-    for line in stages()["fetch"]:
+def _copy_stage(stage: str, root: Path) -> None:
+    """The engine files a stage's COPY lines bring (files into folders ending in /, folders as folders)."""
+    for line in stages()[stage]:
         if line.startswith("COPY engine"):
             *sources, destination = line.split()[1:]
             for source in sources:
-                target = tmp_path / destination / Path(source).name  # the destinations end in /
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, root / destination, dirs_exist_ok=True)
+                    continue
+                target = root / destination / Path(source).name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(ROOT / source, target)
+
+
+def test_the_fetch_stage_imports_with_only_the_files_it_copies(tmp_path):
+    """The fetch stage runs engine.bake with nothing but its COPY'd files and the standard library (its
+    third-party imports are lazy): an import of another package there would fail only in a docker build."""
+    _copy_stage("fetch", tmp_path)
     result = subprocess.run([sys.executable, "-S", "-c", "import engine.store.bake"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60, env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0, result.stderr
+
+
+def test_the_bake_stage_imports_its_conversion_with_only_the_files_it_copies(tmp_path):
+    """The bake stage converts single files with the fetch stage's files and its own COPY'd ones: the loading code
+    (families, configs) must import from those alone."""
+    _copy_stage("fetch", tmp_path)
+    _copy_stage("bake", tmp_path)
+    code = "import engine.store.loading, engine.store.converted; from engine.families import FAMILIES"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -198,8 +198,8 @@ def test_control_types_lists_the_offered_modules_types_and_the_models(call, titl
     status, body = call("http", "GET", "controlnet/control_types")
     assert (status, body) == call("envelope", "GET", "controlnet/control_types")
     types = body["control_types"]
-    assert list(types) == ["All", "Canny", "Depth", "Inpaint", "InstructP2P", "Lineart", "MLSD", "Recolor",
-                           "Scribble", "SparseCtrl", "Tile"]
+    assert list(types) == ["All", "Canny", "Depth", "Inpaint", "InstructP2P", "Lineart", "MLSD", "OpenPose",
+                           "Recolor", "Scribble", "SparseCtrl", "Tile"]
     assert types["All"] == {"module_list": module_list(alias_names=True),
                             "model_list": ["None", titles[SD15_CN], titles[SDXL_CN]],
                             "default_option": "none", "default_model": "None"}
@@ -286,7 +286,7 @@ THIN = b64png(Image.new("RGB", (2, 1000), 255))
 
 
 @pytest.mark.parametrize("payload, field", [
-    ({"controlnet_module": "openpose"}, "controlnet_module"),  # the extension's, not offered here
+    ({"controlnet_module": "openpose_full"}, "controlnet_module"),  # the extension's, not offered here
     ({"controlnet_module": "no-such-module"}, "controlnet_module"),
     ({"controlnet_module": "inpaint_only"}, "controlnet_masks"),  # one mask per image
     ({"controlnet_input_images": []}, "controlnet_input_images"),
@@ -418,7 +418,7 @@ def test_detected_maps_can_be_left_out(cn_engine, controlled, change, payload):
 
 
 @pytest.mark.parametrize("unit, payload, field", [
-    ({"module": "openpose"}, {}, f"{FIELD}[0].module"),
+    ({"module": "openpose_full"}, {}, f"{FIELD}[0].module"),
     ({"module": "no-such-module"}, {}, f"{FIELD}[0].module"),
     ({"model": "no-such-model"}, {}, f"{FIELD}[0].model"),
     ({"model": SDXL_CN}, {}, f"{FIELD}[0].model"),  # an SDXL ControlNet on an SD 1.5 checkpoint

@@ -165,7 +165,7 @@ def test_modules_are_found_by_label_or_internal_name():
 
 def test_modules_the_worker_lacks_are_refused_naming_the_field():
     with pytest.raises(RequestError, match="not offered by this worker: it needs weights or an architecture") as e:
-        find_preprocessor("openpose")
+        find_preprocessor("openpose_full")
     assert e.value.field == "module"
     for module in ("softedge_hed", "hed", "lineart_realistic", "reference_only"):
         with pytest.raises(RequestError, match="not offered"):
@@ -192,7 +192,8 @@ def test_module_list_order_and_details_are_the_extensions():
     assert module_list(alias_names=True) == [
         "none", "tile_resample", "recolor_luminance", "lineart_standard (from white bg & black line)",
         "inpaint_only", "depth_midas", "canny", "invert (from white bg & black line)", "threshold", "scribble_xdog",
-        "recolor_intensity", "inpaint_global_harmonious", "depth_anything_v2", "depth_anything", "blur_gaussian"]
+        "recolor_intensity", "openpose", "inpaint_global_harmonious", "depth_anything_v2", "depth_anything",
+        "blur_gaussian"]
     names = module_list()
     assert names[:2] == ["none", "tile_resample"] and "depth" in names and "invert" in names
     resolution = {"name": "Resolution", "value": 512, "min": 64, "max": 2048, "step": 8}

@@ -6,6 +6,8 @@ safetensors weights, preprocessor_config.json), <name> being the folder the exte
 - midas (depth_midas): hf://Intel/dpt-hybrid-midas, DPT-Hybrid (MiDaS 3.0), the extension's dpt_hybrid-midas-501f0c75
 - depth_anything: hf://LiheYoung/depth-anything-large-hf, the extension's depth_anything_vitl14
 - depth_anything_v2: hf://depth-anything/Depth-Anything-V2-Large-hf, the extension's depth_anything_v2_vitl
+The openpose module's network is the extension's own file, built by this worker's code (openpose.py):
+- openpose: openpose/body_pose_model.pth, hf://lllyasviel/Annotators/body_pose_model.pth
 
 As the extension: the image is scaled and padded as for the weightless modules (detectors.resize_with_pad), the
 depth predicted on it, scaled back to it, normalised to 0..255 over the padded map (near is white) and cropped.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ from schemas.errors import quoted
 
 from ..faults import reraise_server_fault
 from ..store.models_dir import describe_error
+from . import openpose
 from .detectors import opencv, resize_with_pad, to_image
 from .preprocessors import Detect, Preprocessor
 
@@ -118,6 +122,9 @@ class Annotators:
         AnnotatorMissing (on `field`) when the models directory lacks it."""
         if preprocessor.detect is not None:
             return preprocessor.detect
+        if preprocessor.annotator == openpose.FOLDER:
+            model = self._load_file(preprocessor, openpose.WEIGHTS, openpose.SOURCE, openpose.load_body_model, field)
+            return partial(openpose.detect, model)
         network = NETWORKS[preprocessor.annotator]
         model, config = self._load(preprocessor, network, field)
 
@@ -156,3 +163,24 @@ class Annotators:
         model = model.to(self.device, torch.float32).eval()
         self._loaded = name, model, config
         return model, config
+
+    def _load_file(self, preprocessor: Preprocessor, file: str, source: str,
+                   load: Callable[[Path, torch.device], Any], field: str) -> Any:
+        """A network of one weights file, built by this worker's code: loaded and kept as the transformers ones."""
+        name = preprocessor.annotator
+        if self._loaded is not None and self._loaded[0] == name:
+            return self._loaded[1]
+        path = self.folder(preprocessor) / file
+        if not path.is_file():
+            raise AnnotatorMissing(field, f"ControlNet module {quoted(preprocessor.label)} needs its network "
+                                          f"{ANNOTATORS_SUBDIR}/{name}/{file} (from {source}) in the models directory "
+                                          f"({self.models_dir}), which has no {ANNOTATORS_SUBDIR}/{name}/{file}")
+        self._loaded = None
+        try:
+            model = load(path, self.device)
+        except Exception as error:  # a truncated file, or one of other weights
+            reraise_server_fault(error)
+            raise RequestError(field, f"the ControlNet annotator {ANNOTATORS_SUBDIR}/{name}/{file} can't be loaded: "
+                                      f"{describe_error(error)}") from None
+        self._loaded = name, model, {}
+        return model

@@ -11,8 +11,8 @@ A unit's processor_res, threshold_a and threshold_b outside their slider's [min,
 slider's default; a hidden slider's range is [0, 1] with default 0.5, so that is what the unit then carries (and
 its infotext shows). Pixel perfect replaces processor_res with `pixel_perfect_resolution`, unchecked.
 
-Weightless modules run here (detectors.py); network modules (depth) run through annotators.Annotators, which loads
-their weights from the models directory. The extension's other modules (openpose, lineart, softedge, segmentation,
+Weightless modules run here (detectors.py); network modules (depth, openpose) run through annotators.Annotators,
+which loads their weights from the models directory. The extension's other modules (lineart, softedge, segmentation,
 IP-Adapter, reference, ...) are not offered: their networks need code or packages this worker does not have.
 """
 
@@ -133,6 +133,7 @@ PREPROCESSORS: tuple[Preprocessor, ...] = (
     Preprocessor("depth", "depth_midas", None, priority=100, annotator="midas", tags=("Depth",)),
     Preprocessor("depth_anything", "depth_anything", None, annotator="depth_anything", tags=("Depth",)),
     Preprocessor("depth_anything_v2", "depth_anything_v2", None, annotator="depth_anything_v2", tags=("Depth",)),
+    Preprocessor("openpose", "openpose", None, annotator="openpose", tags=("OpenPose",)),
 )
 _BY_LABEL = {p.label: p for p in PREPROCESSORS}
 _BY_NAME = {p.name: p for p in PREPROCESSORS}
@@ -144,7 +145,7 @@ NOT_OFFERED = frozenset("""
     ip-adapter_clip_sdxl ip-adapter_clip_g ip-adapter_clip_sdxl_plus_vith ip-adapter_face_id
     ip-adapter_face_id_plus ip-adapter-auto ip-adapter_pulid facexlib lineart_anime lineart_anime_denoise
     lineart_coarse lineart lineart_realistic mediapipe_face mlsd normal_bae normal_map normal_midas normal_dsine
-    openpose openpose_face openpose_faceonly openpose_full openpose_hand reference_adain reference_adain+attn
+    openpose_face openpose_faceonly openpose_full openpose_hand reference_adain reference_adain+attn
     reference_only revision_clipvision revision_ignore_prompt scribble_hed pidinet_scribble scribble_pidinet
     anime_face_segment seg_anime_face oneformer_ade20k seg_ofade20k oneformer_coco seg_ofcoco segmentation
     seg_ufade20k hed softedge_hed hed_safe softedge_hedsafe pidinet softedge_pidinet pidinet_safe

@@ -6,6 +6,7 @@ writes DIR/ControlNetAnnotators/{midas,depth_anything,depth_anything_v2}/ in the
 real repositories (engine/controlnet/annotators.py): a DPT-Hybrid (BiT backbone) and Depth Anything models (DINOv2
 backbone) at tiny widths, saved with save_pretrained, and their preprocessor_config.json. Weights come from fixed
 seeds: the folders are the same on every run. Their depth maps are random patterns that follow the image.
+It writes the tiny openpose body network too (engine/tiny/openpose.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, DPTConfig, DPTForDepthEstimation
 
 from ..controlnet.annotators import ANNOTATORS_SUBDIR, PROCESSOR_CONFIG
+from .openpose import write_tiny_openpose
 
 SEED = 1234
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -71,7 +73,7 @@ def write_tiny_annotators(models_dir: Path) -> list[Path]:
         model_class(config).eval().save_pretrained(folder)
         (folder / PROCESSOR_CONFIG).write_text(json.dumps(processor, indent=2) + "\n")
         folders.append(folder)
-    return folders
+    return [*folders, write_tiny_openpose(models_dir).parent]
 
 
 def main(argv: list[str] | None = None) -> None:

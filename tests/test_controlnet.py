@@ -272,6 +272,13 @@ def test_detect_runs_the_depth_networks_from_the_models_dir(call, cn_engine):
     assert detected.shape == (64, 64, 3) and np.array_equal(detected, np.asarray(run(IMAGE_A, 64, 0.5, 0.5)))
 
 
+def test_detect_runs_openpose_from_the_models_dir(call):
+    payload = {"controlnet_module": "openpose", "controlnet_input_images": [b64png(IMAGE_A)],
+               "controlnet_processor_res": 64}
+    detected = np.asarray(decode_png_b64(call("http", "POST", "controlnet/detect", payload)[1]["images"][0]))
+    assert detected.shape == (64, 64, 3) and not detected.any()  # the tiny network finds no one: black
+
+
 def test_detect_shows_an_inpaint_modules_mask_as_half_transparency(call):
     payload = {"controlnet_module": "inpaint_only", "controlnet_input_images": [b64png(IMAGE_A)],
                "controlnet_masks": [b64png(MASK)]}

@@ -196,7 +196,8 @@ def connect_limbs(peaks: list[np.ndarray], fields: np.ndarray) -> list[list[tupl
         for i, j, score in sorted(scored, key=lambda candidate: candidate[2], reverse=True):
             if i in used_a or j in used_b:
                 continue
-            used_a.add(i), used_b.add(j)
+            used_a.add(i)
+            used_b.add(j)
             connections.append((int(candidates_a[i, 3]), int(candidates_b[j, 3]), score))
             if len(connections) >= min(len(candidates_a), len(candidates_b)):
                 break

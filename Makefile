@@ -43,7 +43,7 @@ $(DEMO_BLIP): | install
 $(DEMO_CONTROLNET): | install
 	$(PY) -m engine.tiny --models-dir $(DEMO_MODELS_DIR) --controlnet  # "model": "tiny-controlnet-sd15" in a unit
 	$(PY) -m engine.tiny --models-dir $(DEMO_MODELS_DIR) --controlnet --family sdxl  # on tiny-sdxl
-	$(PY) -m engine.tiny.annotators --models-dir $(DEMO_MODELS_DIR)  # depth_midas, depth_anything(_v2), openpose
+	$(PY) -m engine.tiny.annotators --models-dir $(DEMO_MODELS_DIR)  # depth_midas, depth_anything(_v2), softedge_hed, lineart, openpose
 
 demo: install $(DEMO_FILES)
 	MODELS_DIR=$(DEMO_MODELS_DIR) SD_MODEL=tiny-sd15 $(PY) -m handler.local test_input.json --outputs outputs

@@ -262,3 +262,70 @@ def test_an_interrogate_repo_lands_in_blip_as_a_folder_the_worker_loads(tmp_path
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     caption = Interrogator(models, torch.device("cpu"), torch.float32).interrogate("clip", image)
     assert caption == Interrogator(tmp_path / "hub", torch.device("cpu"), torch.float32).interrogate("clip", image)
+
+
+def test_controlnet_annotators_land_in_their_modules_folders(tmp_path, monkeypatch):
+    """[[controlnet_annotators]]: a file (local, or hf://owner/repo/file from a stand-in hub) keeps its name in the
+    folder `name`; an hf://owner/repo is a transformers folder named `name`. The worker then runs them."""
+    import huggingface_hub
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from engine.controlnet.annotators import Annotators
+    from engine.controlnet.preprocessors import find_preprocessor
+    from engine.tiny.annotators import write_tiny_annotators
+
+    hub = tmp_path / "hub"
+    write_tiny_annotators(hub)
+    source = hub / "ControlNetAnnotators"
+    downloads, snapshots = [], []
+
+    def hf_hub_download(repo_id, filename):
+        downloads.append((repo_id, filename))
+        return str(source / "lineart" / filename)
+
+    def snapshot_download(repo_id, local_dir, allow_patterns, ignore_patterns=None):
+        snapshots.append(repo_id)
+        for path in (source / "midas").iterdir():
+            if any(fnmatch.fnmatch(path.name, pattern) for pattern in allow_patterns):
+                shutil.copy(path, Path(local_dir) / path.name)
+
+    class Hub:
+        def list_repo_files(self, repo_id):
+            return sorted(path.name for path in (source / "midas").iterdir())
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    manifest = write_manifest(tmp_path, f"""
+[[controlnet_annotators]]
+source = "{source / 'hed' / 'ControlNetHED.pth'}"
+name = "hed"
+[[controlnet_annotators]]
+source = "hf://lllyasviel/Annotators/sk_model.pth"
+name = "lineart"
+[[controlnet_annotators]]
+source = "hf://Intel/dpt-hybrid-midas"
+name = "midas"
+""")
+    models = tmp_path / "models"
+    bake(read_manifest(manifest), models)
+    assert downloads == [("lllyasviel/Annotators", "sk_model.pth")] and snapshots == ["Intel/dpt-hybrid-midas"]
+    hashes = json.loads((models / "hashes.json").read_text())
+    for file in ("hed/ControlNetHED.pth", "lineart/sk_model.pth"):
+        baked = (models / "ControlNetAnnotators" / file).read_bytes()
+        assert baked == (source / file).read_bytes()
+        assert hashes[f"ControlNetAnnotators/{file}"] == {"sha256": sha(baked), "size": len(baked)}
+    assert hashes["ControlNetAnnotators/midas"]["sha256"]
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    for module in ("softedge_hed", "lineart_realistic", "depth_midas"):
+        ours, theirs = (Annotators(root, torch.device("cpu")).detector(find_preprocessor(module))
+                        for root in (models, hub))
+        assert np.array_equal(np.asarray(ours(image, 64, 0.5, 0.5)), np.asarray(theirs(image, 64, 0.5, 0.5)))
+
+
+def test_a_controlnet_annotator_names_its_folder(tmp_path):
+    manifest = write_manifest(tmp_path, '[[controlnet_annotators]]\nsource = "hf://lllyasviel/Annotators/x.pth"\n')
+    with pytest.raises(BakeError, match=r"\[\[controlnet_annotators\]\] entry names its folder"):
+        read_manifest(manifest)

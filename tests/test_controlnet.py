@@ -88,7 +88,7 @@ def old_model_hash(path) -> str:
 
 @pytest.fixture(scope="module")
 def cn_dir(tmp_path_factory, tiny_checkpoint_path):
-    """tiny-sd15, tiny-sd15-inpainting and tiny-sdxl; both tiny ControlNets, the tiny depth networks, a LoRA."""
+    """tiny-sd15, tiny-sd15-inpainting and tiny-sdxl; both tiny ControlNets, the tiny annotators, a LoRA."""
     from engine.tiny.annotators import write_tiny_annotators
     from engine.tiny.controlnet import write_tiny_controlnet
     from engine.tiny.lora import write_tiny_lora
@@ -198,13 +198,17 @@ def test_control_types_lists_the_offered_modules_types_and_the_models(call, titl
     status, body = call("http", "GET", "controlnet/control_types")
     assert (status, body) == call("envelope", "GET", "controlnet/control_types")
     types = body["control_types"]
-    assert list(types) == ["All", "Canny", "Depth", "Inpaint", "InstructP2P", "Lineart", "MLSD", "OpenPose",
-                           "Recolor", "Scribble", "SparseCtrl", "Tile"]
+    assert list(types) == ["All", "Canny", "Depth", "Inpaint", "InstructP2P", "Lineart", "MLSD", "OpenPose", "Recolor",
+                           "Scribble", "SoftEdge", "SparseCtrl", "Tile"]
     assert types["All"] == {"module_list": module_list(alias_names=True),
                             "model_list": ["None", titles[SD15_CN], titles[SDXL_CN]],
                             "default_option": "none", "default_model": "None"}
     assert types["Depth"] == {"module_list": ["none", "depth_midas", "depth_anything_v2", "depth_anything"],
                               "model_list": ["None"], "default_option": "depth_midas", "default_model": "None"}
+    assert types["SoftEdge"]["module_list"] == ["none", "softedge_hedsafe", "softedge_hed"]
+    assert types["Lineart"]["module_list"] == ["none", "lineart_standard (from white bg & black line)",
+                                               "invert (from white bg & black line)", "lineart_realistic",
+                                               "lineart_coarse"]
 
 
 def test_control_types_match_models_by_the_extensions_rules():
@@ -264,11 +268,12 @@ def test_detect_takes_the_resolution_and_thresholds(call):
     assert not np.array_equal(np.asarray(detected), np.asarray(detectors.canny(WIDE, 64, 100, 200)))
 
 
-def test_detect_runs_the_depth_networks_from_the_models_dir(call, cn_engine):
-    payload = {"controlnet_module": "depth_midas", "controlnet_input_images": [b64png(IMAGE_A)],
+@pytest.mark.parametrize("module", ["depth_midas", "softedge_hed", "lineart_realistic"])
+def test_detect_runs_the_networks_from_the_models_dir(call, cn_engine, module):
+    payload = {"controlnet_module": module, "controlnet_input_images": [b64png(IMAGE_A)],
                "controlnet_processor_res": 64}
     detected = np.asarray(decode_png_b64(call("envelope", "POST", "controlnet/detect", payload)[1]["images"][0]))
-    run = cn_engine.annotators.detector(find_preprocessor("depth"))
+    run = cn_engine.annotators.detector(find_preprocessor(module))
     assert detected.shape == (64, 64, 3) and np.array_equal(detected, np.asarray(run(IMAGE_A, 64, 0.5, 0.5)))
 
 

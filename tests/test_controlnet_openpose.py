@@ -50,7 +50,7 @@ def test_the_network_carries_the_files_names_and_ends_the_heatmaps_with_a_relu(m
     state = torch.load(path, weights_only=True)
     assert {"conv1_1.weight", "conv4_4_CPM.bias", "conv5_5_CPM_L2.weight", "Mconv1_stage2_L1.weight",
             "Mconv7_stage6_L2.bias"} <= set(state)
-    model = openpose.load_body_model(path, torch.device("cpu"))
+    model = openpose.body_model(state).eval()
     fields, heatmaps = model(torch.randn(1, 3, 64, 96))
     assert fields.shape == (1, 38, 8, 12) and heatmaps.shape == (1, 19, 8, 12)
     assert heatmaps.min() >= 0 and fields.min() < 0  # stage 6's heatmaps pass a ReLU, the fields don't

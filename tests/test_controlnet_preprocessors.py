@@ -1,6 +1,7 @@
 """ControlNet preprocessors: the weightless modules' maps (size, and what each does to the image), module names and
-labels, the sliders' defaults, /controlnet/module_list's order and details, pixel perfect, and the tiny depth
-networks (random weights, real transformers classes) with their missing-folder error."""
+labels, the sliders' defaults, /controlnet/module_list's order and details, pixel perfect, the tiny depth networks
+(random weights, real transformers classes) and line networks (HED, lineart), hand-built ones with known maps, and
+the missing-network errors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from engine.controlnet import detectors
 from engine.controlnet.annotators import ANNOTATORS_SUBDIR, AnnotatorMissing, Annotators
+from engine.controlnet.line_networks import HED, LineartGenerator
 from engine.controlnet.preprocessors import (
     PREPROCESSORS,
     Params,
@@ -19,7 +21,7 @@ from engine.controlnet.preprocessors import (
     module_list,
     pixel_perfect_resolution,
 )
-from engine.tiny.annotators import write_tiny_annotators
+from engine.tiny.annotators import TINY_HED_BLOCKS, tiny_lineart, write_tiny_annotators
 from schemas import RequestError
 
 WIDTH, HEIGHT = 90, 60
@@ -159,7 +161,11 @@ def test_modules_are_found_by_label_or_internal_name():
     assert find_preprocessor("depth_midas") is find_preprocessor("depth")
     assert find_preprocessor("inpaint_global_harmonious") is find_preprocessor("inpaint")
     assert find_preprocessor("lineart_standard (from white bg & black line)").name == "lineart_standard"
-    for name in ("depth", "depth_midas", "depth_anything", "depth_anything_v2"):
+    assert find_preprocessor("softedge_hed") is find_preprocessor("hed")
+    assert find_preprocessor("softedge_hedsafe") is find_preprocessor("hed_safe")
+    assert find_preprocessor("lineart_realistic") is find_preprocessor("lineart")
+    for name in ("depth", "depth_midas", "depth_anything", "depth_anything_v2", "hed", "softedge_hedsafe",
+                 "lineart_realistic", "lineart_coarse"):
         assert find_preprocessor(name).needs_weights
 
 
@@ -167,7 +173,7 @@ def test_modules_the_worker_lacks_are_refused_naming_the_field():
     with pytest.raises(RequestError, match="not offered by this worker: it needs weights or an architecture") as e:
         find_preprocessor("openpose_full")
     assert e.value.field == "module"
-    for module in ("softedge_hed", "hed", "lineart_realistic", "reference_only"):
+    for module in ("scribble_hed", "softedge_pidinet", "lineart_anime", "reference_only", "openpose_full"):
         with pytest.raises(RequestError, match="not offered"):
             find_preprocessor(module)
     with pytest.raises(RequestError, match="'cany' is not a ControlNet module") as e:
@@ -191,9 +197,9 @@ def test_module_list_order_and_details_are_the_extensions():
     """"none" first, then by priority (100, 20, 0) and label, both descending."""
     assert module_list(alias_names=True) == [
         "none", "tile_resample", "recolor_luminance", "lineart_standard (from white bg & black line)",
-        "inpaint_only", "depth_midas", "canny", "invert (from white bg & black line)", "threshold", "scribble_xdog",
-        "recolor_intensity", "openpose", "inpaint_global_harmonious", "depth_anything_v2", "depth_anything",
-        "blur_gaussian"]
+        "inpaint_only", "depth_midas", "canny", "invert (from white bg & black line)", "threshold",
+        "softedge_hedsafe", "softedge_hed", "scribble_xdog", "recolor_intensity", "openpose", "lineart_realistic",
+        "lineart_coarse", "inpaint_global_harmonious", "depth_anything_v2", "depth_anything", "blur_gaussian"]
     names = module_list()
     assert names[:2] == ["none", "tile_resample"] and "depth" in names and "invert" in names
     resolution = {"name": "Resolution", "value": 512, "min": 64, "max": 2048, "step": 8}
@@ -204,6 +210,8 @@ def test_module_list_order_and_details_are_the_extensions():
     assert detail["invert (from white bg & black line)"]["sliders"] == []
     assert detail["tile_resample"]["sliders"] == [  # the extension lists a Resolution slider the module ignores
         resolution, {"name": "Down Sampling Rate", "value": 1.0, "min": 1.0, "max": 8.0, "step": 0.01}]
+    for label in ("softedge_hed", "softedge_hedsafe", "lineart_realistic", "lineart_coarse"):
+        assert detail[label] == {"model_free": False, "sliders": [resolution]}
     assert set(module_detail()) == set(names) and len(names) == len(PREPROCESSORS)
 
 
@@ -237,8 +245,9 @@ def annotators(tmp_path_factory) -> Annotators:
     return Annotators(models_dir, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("module", ["depth_midas", "depth_anything", "depth_anything_v2"])
-def test_tiny_depth_networks_give_grey_maps_at_the_scaled_size(annotators, module):
+@pytest.mark.parametrize("module", ["depth_midas", "depth_anything", "depth_anything_v2", "softedge_hed",
+                                    "softedge_hedsafe", "lineart_realistic", "lineart_coarse"])
+def test_tiny_networks_give_grey_maps_at_the_scaled_size(annotators, module):
     preprocessor = find_preprocessor(module)
     detect = annotators.detector(preprocessor)
     depth = np.asarray(detect(picture(), *preprocessor.resolve(64, -1, -1)))
@@ -251,9 +260,12 @@ def test_tiny_depth_networks_give_grey_maps_at_the_scaled_size(annotators, modul
 
 def test_tiny_annotators_are_the_same_bytes_every_time(annotators, tmp_path):
     write_tiny_annotators(tmp_path)
-    for name in ("midas", "depth_anything", "depth_anything_v2"):
-        ours = annotators.models_dir / ANNOTATORS_SUBDIR / name / "model.safetensors"
-        assert ours.read_bytes() == (tmp_path / ANNOTATORS_SUBDIR / name / "model.safetensors").read_bytes()
+    for name in ("midas/model.safetensors", "depth_anything/model.safetensors", "depth_anything_v2/model.safetensors",
+                 "hed/ControlNetHED.pth", "lineart/sk_model.pth", "lineart/sk_model2.pth"):
+        ours = annotators.models_dir / ANNOTATORS_SUBDIR / name
+        assert ours.read_bytes() == (tmp_path / ANNOTATORS_SUBDIR / name).read_bytes()
+    lineart = annotators.models_dir / ANNOTATORS_SUBDIR / "lineart"
+    assert (lineart / "sk_model.pth").read_bytes() != (lineart / "sk_model2.pth").read_bytes()
 
 
 def test_a_missing_network_is_named_with_its_source(tmp_path):
@@ -267,3 +279,100 @@ def test_a_missing_network_is_named_with_its_source(tmp_path):
     with pytest.raises(AnnotatorMissing, match="ControlNetAnnotators/midas/"):
         empty.detector(find_preprocessor("depth"))
     assert empty.detector(find_preprocessor("canny")) is detectors.canny  # weightless modules need no folder
+
+
+@pytest.mark.parametrize("module, file", [("softedge_hed", "hed/ControlNetHED.pth"),
+                                          ("softedge_hedsafe", "hed/ControlNetHED.pth"),
+                                          ("lineart_realistic", "lineart/sk_model.pth"),
+                                          ("lineart_coarse", "lineart/sk_model2.pth")])
+def test_a_missing_line_network_names_its_file_and_source(tmp_path, module, file):
+    write_tiny_annotators(tmp_path)
+    (tmp_path / ANNOTATORS_SUBDIR / file).unlink()  # the other files stay: the coarse one wants its own
+    with pytest.raises(AnnotatorMissing) as error:
+        Annotators(tmp_path, torch.device("cpu")).detector(find_preprocessor(module), field="controlnet_module")
+    message = str(error.value)
+    assert error.value.field == "controlnet_module" and f"has no {ANNOTATORS_SUBDIR}/{file}" in message
+    assert f"hf://lllyasviel/Annotators/{file.split('/')[1]}" in message and str(tmp_path) in message
+
+
+def test_another_networks_file_is_an_error_naming_it(tmp_path):
+    write_tiny_annotators(tmp_path)
+    folder = tmp_path / ANNOTATORS_SUBDIR
+    (folder / "hed" / "ControlNetHED.pth").write_bytes((folder / "lineart" / "sk_model.pth").read_bytes())
+    with pytest.raises(RequestError, match="ControlNetAnnotators/hed/ControlNetHED.pth can't be loaded: .*block1"):
+        Annotators(tmp_path, torch.device("cpu")).detector(find_preprocessor("softedge_hed"))
+
+
+def save_network(models_dir, module: str, model: torch.nn.Module, suffix: str = ".pth") -> None:
+    from safetensors.torch import save_file
+
+    from engine.controlnet.annotators import WEIGHTS_FILES
+
+    path = models_dir / ANNOTATORS_SUBDIR / find_preprocessor(module).annotator / WEIGHTS_FILES[module].file
+    path = path.with_suffix(suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, path) if suffix == ".safetensors" else torch.save(state, path)
+
+
+def hed_with(projection_biases: list[float], red_gain: float = 0.0, offset: float = 0.0) -> HED:
+    """A tiny HED whose convolutions are zero but for block 1 carrying the red channel, less `offset`, through its
+    ReLUs (centre taps of 1) to its projection (x red_gain); each block's projection bias given."""
+    model = HED(TINY_HED_BLOCKS)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        model.norm[0, 0] = offset
+        for conv in model.block1.convs:
+            conv.weight[0, 0, 1, 1] = 1.0
+        model.block1.projection.weight[0, 0] = red_gain
+        for index, bias in enumerate(projection_biases, start=1):
+            getattr(model, f"block{index}").projection.bias.fill_(bias)
+    return model
+
+
+@pytest.mark.parametrize("biases, plain, safe", [
+    ([1.0, 2.0, 0.0, -1.0, 3.0], 186, 255),  # sigmoid(1) = 0.731: 186; safe: trunc(2.19) / 2 = 1
+    ([0.5, -0.5, 0.0, 0.0, 0.0], 127, 127),  # sigmoid(0) = 0.5: 127; safe: trunc(1.5) / 2 = 0.5
+    ([-1.0, -1.0, -1.0, -1.0, -1.0], 68, 0),  # sigmoid(-1) = 0.269: 68; safe: trunc(0.81) = 0
+])
+def test_hed_is_the_sigmoid_of_the_projections_mean(tmp_path, biases, plain, safe):
+    save_network(tmp_path, "hed", hed_with(biases), ".safetensors")  # a .safetensors beside the name is read
+    annotators = Annotators(tmp_path, torch.device("cpu"))
+    for module, expected in (("softedge_hed", plain), ("softedge_hedsafe", safe)):
+        detected = np.asarray(annotators.detector(find_preprocessor(module))(picture(), 64, 0.5, 0.5))
+        assert detected.shape == (64, 96, 3) and (detected == expected).all()
+
+
+def test_hed_averages_the_projections_at_the_images_size(tmp_path):
+    """Block 1's projection follows the red channel (above the offset 100): the map is sigmoid(max(red - 100, 0) *
+    0.05 / 5), the other four projections adding zero to the mean."""
+    save_network(tmp_path, "hed", hed_with([0.0] * 5, red_gain=0.05, offset=100.0))
+    detect = Annotators(tmp_path, torch.device("cpu")).detector(find_preprocessor("hed"))
+    red = np.asarray(native(), dtype=np.float64)[..., 0]
+    expected = 255.0 / (1.0 + np.exp(-np.maximum(red - 100.0, 0.0) * 0.05 / 5))
+    detected = np.asarray(detect(native(), NATIVE, 0.5, 0.5))[..., 0].astype(np.float64)
+    assert np.abs(detected - np.floor(expected)).max() <= 1 and detected.max() > detected.min() + 50
+
+
+@pytest.mark.parametrize("bias, expected", [(2.0, 31), (-2.0, 225)])  # 255 - trunc(255 * sigmoid(bias))
+def test_lineart_maps_the_generators_white_paper_to_black(tmp_path, bias, expected):
+    """The generator draws dark lines on white (1); its map is 255 - that: white lines on black."""
+    model = tiny_lineart()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        model.model4[1].bias.fill_(bias)
+    save_network(tmp_path, "lineart", model)
+    detect = Annotators(tmp_path, torch.device("cpu")).detector(find_preprocessor("lineart_realistic"))
+    detected = np.asarray(detect(picture(), 100, 0.5, 0.5))
+    assert detected.shape == (100, 150, 3) and (detected == expected).all()
+
+
+def test_line_networks_take_their_widths_from_the_weights():
+    hed = HED.from_state_dict(HED([(3, 1), (5, 2)]).state_dict())
+    assert [len(hed.block1.convs), len(hed.block2.convs), hed.block2.convs[1].out_channels] == [1, 2, 5]
+    lineart = LineartGenerator.from_state_dict(LineartGenerator(2, [3, 4], 1, [5, 6], 1).state_dict())
+    assert [lineart.model0[1].out_channels, lineart.model1[3].out_channels, len(lineart.model2),
+            lineart.model3[3].out_channels] == [2, 4, 1, 6]
+    assert tuple(lineart(torch.zeros(1, 3, 8, 12)).shape) == (1, 1, 8, 12)

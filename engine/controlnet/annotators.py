@@ -1,8 +1,8 @@
-"""The network preprocessors (depth), on transformers, from weights in the models directory, never fetched.
+"""The network preprocessors, from weights in the models directory, never fetched.
 
-Each network is a folder ControlNetAnnotators/<name>/ in transformers' save_pretrained layout (config.json,
-safetensors weights, preprocessor_config.json), <name> being the folder the extension downloads it to
-(extensions/sd-webui-controlnet/annotator/downloads/<name>/ in A1111):
+Each network is in a folder ControlNetAnnotators/<name>/, <name> being the folder the extension downloads it to
+(extensions/sd-webui-controlnet/annotator/downloads/<name>/ in A1111). The depth networks run on transformers, the
+folder in its save_pretrained layout (config.json, safetensors weights, preprocessor_config.json):
 - midas (depth_midas): hf://Intel/dpt-hybrid-midas, DPT-Hybrid (MiDaS 3.0), the extension's dpt_hybrid-midas-501f0c75
 - depth_anything: hf://LiheYoung/depth-anything-large-hf, the extension's depth_anything_vitl14
 - depth_anything_v2: hf://depth-anything/Depth-Anything-V2-Large-hf, the extension's depth_anything_v2_vitl
@@ -15,6 +15,12 @@ Depth Anything sees the image scaled up to the processor's size (518) on its sho
 (bicubic), with its red and blue swapped, as the extension feeds it. MiDaS differs: the extension runs it at the
 padded size, but transformers' DPT-Hybrid takes only square inputs of its configured size (384), so it sees the
 padded image scaled to 384 x 384 and its map is scaled back (bicubic): at high resolutions a smoother map.
+
+The line and edge networks (line_networks.py) are one file each, from hf://lllyasviel/Annotators, with the
+extension's file name (a .safetensors of the same stem is read in its place when present):
+- hed/ControlNetHED.pth (softedge_hed, softedge_hedsafe)
+- lineart/sk_model.pth (lineart_realistic) and lineart/sk_model2.pth (lineart_coarse)
+They see the scaled, padded image, and their map is cropped, as the extension runs them.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from schemas.errors import quoted
 
 from ..faults import reraise_server_fault
 from ..store.models_dir import describe_error
-from . import openpose
+from . import line_networks, openpose
 from .detectors import opencv, resize_with_pad, to_image
 from .preprocessors import Detect, Preprocessor
 
@@ -99,6 +105,46 @@ NETWORKS = {
 }
 
 
+@dataclass(frozen=True)
+class WeightsFile:
+    """A network the extension loads from one file, built here (line_networks.py)."""
+
+    file: str  # its name in the module's folder, the extension's
+    build: Callable[[line_networks.StateDict], torch.nn.Module]
+    detector: Callable[[Any], Detect]  # the module's function on the built network
+
+    @property
+    def source(self) -> str:
+        return f"hf://lllyasviel/Annotators/{self.file}"
+
+
+def _on_padded(run: Callable[[Any, np.ndarray], np.ndarray]) -> Callable[[Any], Detect]:
+    """A module that runs `run(model, padded RGB uint8) -> uint8 H x W map` on the image resize_with_pad gives."""
+    def detector(model: Any) -> Detect:
+        def detect(image: Image.Image, resolution: float, threshold_a: float, threshold_b: float) -> Image.Image:
+            pixels, size = resize_with_pad(image, resolution)
+            with torch.inference_mode():
+                detected = run(model, pixels)
+            return to_image(detected[:size[0], :size[1]])
+
+        return detect
+
+    return detector
+
+
+# by the modules' internal names
+WEIGHTS_FILES = {
+    "hed": WeightsFile("ControlNetHED.pth", line_networks.HED.from_state_dict, _on_padded(line_networks.hed_map)),
+    "hed_safe": WeightsFile("ControlNetHED.pth", line_networks.HED.from_state_dict,
+                            _on_padded(partial(line_networks.hed_map, safe=True))),
+    "lineart": WeightsFile("sk_model.pth", line_networks.LineartGenerator.from_state_dict,
+                           _on_padded(line_networks.lineart_map)),
+    "lineart_coarse": WeightsFile("sk_model2.pth", line_networks.LineartGenerator.from_state_dict,
+                                  _on_padded(line_networks.lineart_map)),
+    "openpose": WeightsFile(openpose.WEIGHTS, openpose.body_model, lambda model: partial(openpose.detect, model)),
+}
+
+
 def _depth_map(depth: torch.Tensor) -> np.ndarray:
     """Depth (relative inverse depth: near is large) as uint8 0..255 over its own range."""
     depth = depth.float() - depth.min()
@@ -122,9 +168,9 @@ class Annotators:
         AnnotatorMissing (on `field`) when the models directory lacks it."""
         if preprocessor.detect is not None:
             return preprocessor.detect
-        if preprocessor.annotator == openpose.FOLDER:
-            model = self._load_file(preprocessor, openpose.WEIGHTS, openpose.SOURCE, openpose.load_body_model, field)
-            return partial(openpose.detect, model)
+        if preprocessor.name in WEIGHTS_FILES:
+            weights = WEIGHTS_FILES[preprocessor.name]
+            return weights.detector(self._load_file(preprocessor, weights, field))
         network = NETWORKS[preprocessor.annotator]
         model, config = self._load(preprocessor, network, field)
 
@@ -138,6 +184,28 @@ class Annotators:
 
     def unload(self) -> None:
         self._loaded = None
+
+    def _load_file(self, preprocessor: Preprocessor, weights: WeightsFile, field: str) -> torch.nn.Module:
+        name = f"{preprocessor.annotator}/{weights.file}"
+        if self._loaded is not None and self._loaded[0] == name:
+            return self._loaded[1]
+        folder = self.folder(preprocessor)
+        candidates = (folder / Path(weights.file).with_suffix(".safetensors").name, folder / weights.file)
+        path = next((candidate for candidate in candidates if candidate.is_file()), None)
+        if path is None:
+            raise AnnotatorMissing(field, f"ControlNet module {quoted(preprocessor.label)} needs its network "
+                                          f"{ANNOTATORS_SUBDIR}/{name} ({weights.source}) in the models directory "
+                                          f"({self.models_dir}), which has no {ANNOTATORS_SUBDIR}/{name}")
+        self._loaded = None  # the previous network goes before the next one loads
+        try:
+            model = weights.build(line_networks.load_weights(path))
+        except Exception as error:  # a file torch or safetensors can't read, or another network's weights
+            reraise_server_fault(error)
+            raise RequestError(field, f"the ControlNet annotator {ANNOTATORS_SUBDIR}/{preprocessor.annotator}/"
+                                      f"{path.name} can't be loaded: {describe_error(error)}") from None
+        model = model.to(self.device, torch.float32).eval()
+        self._loaded = name, model, {}
+        return model
 
     def _load(self, preprocessor: Preprocessor, network: Network, field: str) -> tuple[Any, dict]:
         name = preprocessor.annotator
@@ -163,24 +231,3 @@ class Annotators:
         model = model.to(self.device, torch.float32).eval()
         self._loaded = name, model, config
         return model, config
-
-    def _load_file(self, preprocessor: Preprocessor, file: str, source: str,
-                   load: Callable[[Path, torch.device], Any], field: str) -> Any:
-        """A network of one weights file, built by this worker's code: loaded and kept as the transformers ones."""
-        name = preprocessor.annotator
-        if self._loaded is not None and self._loaded[0] == name:
-            return self._loaded[1]
-        path = self.folder(preprocessor) / file
-        if not path.is_file():
-            raise AnnotatorMissing(field, f"ControlNet module {quoted(preprocessor.label)} needs its network "
-                                          f"{ANNOTATORS_SUBDIR}/{name}/{file} (from {source}) in the models directory "
-                                          f"({self.models_dir}), which has no {ANNOTATORS_SUBDIR}/{name}/{file}")
-        self._loaded = None
-        try:
-            model = load(path, self.device)
-        except Exception as error:  # a truncated file, or one of other weights
-            reraise_server_fault(error)
-            raise RequestError(field, f"the ControlNet annotator {ANNOTATORS_SUBDIR}/{name}/{file} can't be loaded: "
-                                      f"{describe_error(error)}") from None
-        self._loaded = name, model, {}
-        return model

@@ -22,7 +22,6 @@ in 60% of their colour, then a disc of radius 4 per keypoint) and cropped.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,7 +32,6 @@ from .detectors import opencv, resize_with_pad, to_image
 
 FOLDER = "openpose"  # under ControlNetAnnotators/, as the extension's annotator/downloads/openpose/
 WEIGHTS = "body_pose_model.pth"
-SOURCE = "hf://lllyasviel/Annotators/body_pose_model.pth"
 
 BOX_SIZE, SCALE, STRIDE, PAD_VALUE = 368, 0.5, 8, 128
 PEAK_THRESHOLD, PAF_THRESHOLD, PAF_SAMPLES = 0.1, 0.05, 10
@@ -103,15 +101,14 @@ class BodyPoseNet(nn.Module):
         return fields, heatmaps
 
 
-def load_body_model(path: Path, device: torch.device) -> BodyPoseNet:
-    """The network of a body_pose_model.pth (a state dict, loaded without running code)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise ValueError(f"{path.name} is not a state dict of tensors")
+def body_model(state: dict[str, torch.Tensor]) -> BodyPoseNet:
+    """The network of a body_pose_model.pth's state dict, built to its shapes."""
+    if not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ValueError("not a state dict of tensors")
     with torch.device("meta"):
         model = BodyPoseNet({name: value.shape for name, value in state.items()})
     model.load_state_dict(state, assign=True)
-    return model.to(device, torch.float32).eval()
+    return model
 
 
 def _resize(x: np.ndarray, height: float, width: float) -> np.ndarray:

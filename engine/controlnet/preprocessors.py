@@ -11,9 +11,10 @@ A unit's processor_res, threshold_a and threshold_b outside their slider's [min,
 slider's default; a hidden slider's range is [0, 1] with default 0.5, so that is what the unit then carries (and
 its infotext shows). Pixel perfect replaces processor_res with `pixel_perfect_resolution`, unchecked.
 
-Weightless modules run here (detectors.py); network modules (depth, openpose) run through annotators.Annotators,
-which loads their weights from the models directory. The extension's other modules (lineart, softedge, segmentation,
-IP-Adapter, reference, ...) are not offered: their networks need code or packages this worker does not have.
+Weightless modules run here (detectors.py); network modules (depth, softedge_hed, lineart, openpose) run through
+annotators.Annotators, which loads their weights from the models directory. The extension's other modules (other
+openpose, line and soft-edge detectors, segmentation, IP-Adapter, reference, ...) are not offered: their networks need
+code or packages this worker does not have.
 """
 
 from __future__ import annotations
@@ -134,6 +135,10 @@ PREPROCESSORS: tuple[Preprocessor, ...] = (
     Preprocessor("depth_anything", "depth_anything", None, annotator="depth_anything", tags=("Depth",)),
     Preprocessor("depth_anything_v2", "depth_anything_v2", None, annotator="depth_anything_v2", tags=("Depth",)),
     Preprocessor("openpose", "openpose", None, annotator="openpose", tags=("OpenPose",)),
+    Preprocessor("hed", "softedge_hed", None, annotator="hed", tags=("SoftEdge",)),
+    Preprocessor("hed_safe", "softedge_hedsafe", None, annotator="hed", tags=("SoftEdge",)),
+    Preprocessor("lineart", "lineart_realistic", None, annotator="lineart", tags=("Lineart",)),
+    Preprocessor("lineart_coarse", "lineart_coarse", None, annotator="lineart", tags=("Lineart",)),
 )
 _BY_LABEL = {p.label: p for p in PREPROCESSORS}
 _BY_NAME = {p.name: p for p in PREPROCESSORS}
@@ -142,15 +147,14 @@ _BY_NAME = {p.name: p for p in PREPROCESSORS}
 NOT_OFFERED = frozenset("""
     animal_openpose densepose densepose_parula depth_hand_refiner depth_leres depth_leres++ depth_zoe
     dw_openpose_full instant_id_face_embedding instant_id_face_keypoints ip-adapter_clip_sd15 ip-adapter_clip_h
-    ip-adapter_clip_sdxl ip-adapter_clip_g ip-adapter_clip_sdxl_plus_vith ip-adapter_face_id
-    ip-adapter_face_id_plus ip-adapter-auto ip-adapter_pulid facexlib lineart_anime lineart_anime_denoise
-    lineart_coarse lineart lineart_realistic mediapipe_face mlsd normal_bae normal_map normal_midas normal_dsine
-    openpose_face openpose_faceonly openpose_full openpose_hand reference_adain reference_adain+attn
-    reference_only revision_clipvision revision_ignore_prompt scribble_hed pidinet_scribble scribble_pidinet
-    anime_face_segment seg_anime_face oneformer_ade20k seg_ofade20k oneformer_coco seg_ofcoco segmentation
-    seg_ufade20k hed softedge_hed hed_safe softedge_hedsafe pidinet softedge_pidinet pidinet_safe
-    softedge_pidisafe te_hed softedge_teed softedge_anyline color t2ia_color_grid pidinet_sketch t2ia_sketch_pidi
-    clip_vision t2ia_style_clipvision tile_colorfix tile_colorfix+sharp shuffle inpaint_only+lama mobile_sam
+    ip-adapter_clip_sdxl ip-adapter_clip_g ip-adapter_clip_sdxl_plus_vith ip-adapter_face_id ip-adapter_face_id_plus
+    ip-adapter-auto ip-adapter_pulid facexlib lineart_anime lineart_anime_denoise mediapipe_face mlsd normal_bae
+    normal_map normal_midas normal_dsine openpose_face openpose_faceonly openpose_full openpose_hand
+    reference_adain reference_adain+attn reference_only revision_clipvision revision_ignore_prompt scribble_hed
+    pidinet_scribble scribble_pidinet anime_face_segment seg_anime_face oneformer_ade20k seg_ofade20k oneformer_coco
+    seg_ofcoco segmentation seg_ufade20k pidinet softedge_pidinet pidinet_safe softedge_pidisafe te_hed
+    softedge_teed softedge_anyline color t2ia_color_grid pidinet_sketch t2ia_sketch_pidi clip_vision
+    t2ia_style_clipvision tile_colorfix tile_colorfix+sharp shuffle inpaint_only+lama mobile_sam
 """.split()) | {"densepose (pruple bg & purple torso)", "densepose_parula (black bg & blue torso)"}
 
 

@@ -20,10 +20,16 @@ The manifest lists models by kind, each with a source and optionally its sha256 
     [[controlnet]]                                               # sd-webui-controlnet's models: ControlNet/
     source = "hf://xinsir/controlnet-canny-sdxl-1.0/diffusion_pytorch_model.safetensors"
     name = "controlnet-canny-sdxl-1.0.safetensors"              # listed by its file name, as the extension does
+    [[controlnet_annotators]]                                    # the preprocessors' networks: ControlNetAnnotators/
+    source = "hf://lllyasviel/Annotators/ControlNetHED.pth"      # one file, keeping its name, into the folder
+    name = "hed"                                                 # `name` (the module's: controlnet/annotators.py)
+    [[controlnet_annotators]]
+    source = "hf://Intel/dpt-hybrid-midas"                       # a transformers repo: the folder `name` itself
+    name = "midas"
 
 Sources: `hf://owner/repo/path/file` (one file), `hf://owner/repo` (a diffusers repo: configs and
-weights only, fp16 weights where the repo has them; for [[interrogate]], a transformers repo: configs,
-tokenizer and safetensors weights), `http(s)://` URLs, and local paths. Files land in
+weights only, fp16 weights where the repo has them; for [[interrogate]] and [[controlnet_annotators]], a
+transformers repo: configs, tokenizer and safetensors weights), `http(s)://` URLs, and local paths. Files land in
 A1111's folders; a sha256 mismatch is an error that keeps no file; a re-run skips what is present.
 Each file's sha256 is recorded in hashes.json (for LoRAs also their "addnet" hash, the one A1111's
 infotext uses), so the worker never hashes weights at start.
@@ -53,9 +59,12 @@ FOLDERS = {"checkpoints": CHECKPOINTS_SUBDIR, "loras": "Lora", "embeddings": "em
            "face_restoration": "GFPGAN",  # or Codeformer/, FaceDetection/ (engine/postprocess/face_restoration.py)
            "interrogate": "BLIP",  # a transformers folder (engine/postprocess/interrogate.py)
            "controlnet": "ControlNet",  # one file each (engine/controlnet/models.py)
+           "controlnet_annotators": "ControlNetAnnotators",  # <name>/ each (engine/controlnet/annotators.py)
            "styles": ""}  # the models directory itself
 SINGLE_FILES = {"styles": STYLES_FILE}  # kinds that are one file of a fixed name: one entry at most
 FILES_ONLY = {"controlnet"}  # kinds the worker reads only as files: an hf:// source names a file, not a repo
+TRANSFORMERS_REPOS = {"interrogate", "controlnet_annotators"}  # kinds whose hf://owner/repo is a transformers one
+IN_NAMED_FOLDER = {"controlnet_annotators"}  # kinds whose `name` is a folder: a file source keeps its name in it
 CHUNK = 1 << 20
 _DIFFUSERS_FILES = ("model_index.json", "*/config.json", "*/*.txt", "*/*.json")  # configs, tokenizer, scheduler
 _TRANSFORMERS_FILES = ("*.json", "*.txt")  # configs, tokenizer, processor
@@ -95,8 +104,15 @@ def read_manifest(path: Path) -> list[Entry]:
                 raise BakeError(f"{path}: a [[{kind}]] entry is one file (hf://owner/repo/path/file), not a repo: "
                                 f"{item['source']}")
             name = SINGLE_FILES.get(kind) or item.get("name") or _default_name(item["source"])
+            folder = item.get("folder")
+            if kind in IN_NAMED_FOLDER:
+                if not item.get("name"):
+                    raise BakeError(f"{path}: a [[{kind}]] entry names its folder (name = \"hed\", ...): "
+                                    f"{item['source']}")
+                if not _is_hf_repo(item["source"]):
+                    name, folder = _default_name(item["source"]), f"{FOLDERS[kind]}/{item['name']}"
             entries.append(Entry(kind, item["source"], name, (item.get("sha256") or "").lower() or None,
-                                 item.get("folder"), item.get("token_env")))
+                                 folder, item.get("token_env")))
     return entries
 
 
@@ -119,7 +135,7 @@ def bake(entries: list[Entry], models_dir: Path, convert: bool = True) -> None:
         print(f"baking: {entry.relative_path} from {entry.source}")
         target.parent.mkdir(parents=True, exist_ok=True)
         if entry.source.startswith("hf://") and entry.source.count("/") == 3:
-            bake_repo = _bake_transformers_repo if entry.kind == "interrogate" else _bake_diffusers_repo
+            bake_repo = _bake_transformers_repo if entry.kind in TRANSFORMERS_REPOS else _bake_diffusers_repo
             sha256 = bake_repo(entry.source.removeprefix("hf://"), target)
         else:
             sha256 = _write_verified(entry, target)

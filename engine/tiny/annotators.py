@@ -1,11 +1,13 @@
-"""Write tiny random ControlNet depth annotators, for tests and the demo.
+"""Write tiny random ControlNet annotators (the preprocessors' networks), for tests and the demo.
 
     python -m engine.tiny.annotators --models-dir DIR
 
 writes DIR/ControlNetAnnotators/{midas,depth_anything,depth_anything_v2}/ in the layout the bake writes from the
 real repositories (engine/controlnet/annotators.py): a DPT-Hybrid (BiT backbone) and Depth Anything models (DINOv2
-backbone) at tiny widths, saved with save_pretrained, and their preprocessor_config.json. Weights come from fixed
-seeds: the folders are the same on every run. Their depth maps are random patterns that follow the image.
+backbone) at tiny widths, saved with save_pretrained, and their preprocessor_config.json; and hed/ControlNetHED.pth,
+lineart/sk_model.pth and lineart/sk_model2.pth, the line networks (engine/controlnet/line_networks.py) at tiny
+widths, as the real files' PyTorch state dicts. Weights come from fixed seeds: the files are the same on every run.
+Their maps are random patterns that follow the image.
 It writes the tiny openpose body network too (engine/tiny/openpose.py).
 """
 
@@ -18,7 +20,9 @@ from pathlib import Path
 import torch
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, DPTConfig, DPTForDepthEstimation
 
-from ..controlnet.annotators import ANNOTATORS_SUBDIR, PROCESSOR_CONFIG
+from ..controlnet.annotators import ANNOTATORS_SUBDIR, PROCESSOR_CONFIG, WEIGHTS_FILES
+from ..controlnet.line_networks import HED, LineartGenerator
+from ..controlnet.preprocessors import find_preprocessor
 from .openpose import write_tiny_openpose
 
 SEED = 1234
@@ -26,6 +30,7 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 MIDAS_SIZE = 64  # the tiny DPT-Hybrid's square input (the real one: 384)
 DEPTH_ANYTHING_SIZE = 56  # the tiny Depth Anything processor's short side (the real one: 518)
 _LAYERS = {"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 64}
+TINY_HED_BLOCKS = [(4, 2), (8, 2), (8, 3), (8, 3), (8, 3)]  # (width, convolutions); the real one's: 64 ... 512
 
 
 def tiny_midas_config() -> DPTConfig:
@@ -57,7 +62,8 @@ def _processor_config(size: int, multiple: int, mean: list[float], std: list[flo
 
 
 def write_tiny_annotators(models_dir: Path) -> list[Path]:
-    """models_dir/ControlNetAnnotators/<name>/ for each depth network; the folders written."""
+    """models_dir/ControlNetAnnotators/<name>/ for each depth network, and the line networks' files; the depth
+    folders and the files written."""
     networks = {
         "midas": (DPTForDepthEstimation, tiny_midas_config(), _processor_config(MIDAS_SIZE, 1, [0.5] * 3, [0.5] * 3)),
         "depth_anything": (DepthAnythingForDepthEstimation, tiny_depth_anything_config(),
@@ -73,7 +79,32 @@ def write_tiny_annotators(models_dir: Path) -> list[Path]:
         model_class(config).eval().save_pretrained(folder)
         (folder / PROCESSOR_CONFIG).write_text(json.dumps(processor, indent=2) + "\n")
         folders.append(folder)
-    return [*folders, write_tiny_openpose(models_dir).parent]
+    return folders + write_tiny_line_networks(models_dir) + [write_tiny_openpose(models_dir).parent]
+
+
+def tiny_hed() -> HED:
+    """HED at tiny widths, its input offset a mid grey."""
+    model = HED(TINY_HED_BLOCKS)
+    with torch.no_grad():
+        model.norm.fill_(127.0)
+    return model
+
+
+def tiny_lineart() -> LineartGenerator:
+    return LineartGenerator(4, [8, 16], 3, [8, 4], 1)  # the real one's: 64, [128, 256], 3, [128, 64], 1
+
+
+def write_tiny_line_networks(models_dir: Path) -> list[Path]:
+    """The line networks' files, in models_dir/ControlNetAnnotators/<module's folder>/: the files written."""
+    files = []
+    for index, (module, build) in enumerate({"hed": tiny_hed, "lineart": tiny_lineart,
+                                             "lineart_coarse": tiny_lineart}.items()):
+        path = Path(models_dir) / ANNOTATORS_SUBDIR / find_preprocessor(module).annotator / WEIGHTS_FILES[module].file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(SEED + 10 + index)
+        torch.save(build().state_dict(), path)
+        files.append(path)
+    return files
 
 
 def main(argv: list[str] | None = None) -> None:

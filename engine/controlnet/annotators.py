@@ -43,7 +43,8 @@ from schemas.errors import quoted
 from ..faults import reraise_server_fault
 from ..store.models_dir import describe_error
 from . import line_networks, openpose
-from .detectors import opencv, resize_with_pad, to_image
+from ..imaging.image_ops import opencv
+from .detectors import resize_with_pad, to_image
 from .preprocessors import Detect, Preprocessor
 
 ANNOTATORS_SUBDIR = "ControlNetAnnotators"

@@ -12,14 +12,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from ..imaging.image_ops import opencv
+
 PAD_MULTIPLE = 64
-
-
-def opencv():
-    """OpenCV, imported on first use: a worker that runs no preprocessor never imports it."""
-    import cv2
-
-    return cv2
 
 
 def hwc3(image: Image.Image) -> np.ndarray:

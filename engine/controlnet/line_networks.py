@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .detectors import opencv
+from ..imaging.image_ops import opencv
 
 StateDict = dict[str, torch.Tensor]
 

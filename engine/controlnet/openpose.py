@@ -28,7 +28,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .detectors import opencv, resize_with_pad, to_image
+from ..imaging.image_ops import opencv
+from .detectors import resize_with_pad, to_image
 
 FOLDER = "openpose"  # under ControlNetAnnotators/, as the extension's annotator/downloads/openpose/
 WEIGHTS = "body_pose_model.pth"

@@ -26,6 +26,14 @@ _FILL_PASSES = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))
 
 # --- resizing -------------------------------------------------------------------------------------
 
+def opencv():
+    """OpenCV, imported on first use: a worker that never detects faces or runs a ControlNet preprocessor never
+    imports it."""
+    import cv2
+
+    return cv2
+
+
 def resize_image(image: Image.Image, width: int, height: int, mode: int) -> Image.Image:
     """Resize (Lanczos) for img2img with A1111's resize_mode; RGB of exactly width x height.
 

@@ -12,7 +12,6 @@ RetinaFace, builds its backbone with torchvision. A file that is missing is name
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from PIL import Image
 from schemas import GenerationRequest, Options, RequestError
 
 from ..faults import reraise_server_fault
+from ..imaging.image_ops import opencv
 from ..store.models_dir import describe_error, list_files
 from .upscalers import WEIGHT_SUFFIXES, load_descriptor
 
@@ -89,7 +89,7 @@ def detect_faces(detector: Any, image: np.ndarray) -> list[np.ndarray]:
 def align_face(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(the FACE_SIZE crop of the face, the 2 x 3 affine from the image to it): the similarity transform
     that best maps the landmarks onto FFHQ_TEMPLATE. None where no transform fits."""
-    cv2 = _import_cv2()
+    cv2 = opencv()
     affine, _ = cv2.estimateAffinePartial2D(landmarks, FFHQ_TEMPLATE, method=cv2.LMEDS)
     if affine is None:
         return None
@@ -101,7 +101,7 @@ def align_face(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np
 def paste_face(image: np.ndarray, face: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """`image` (float32) with the restored `face` warped back into place: its square, shrunk and feathered by
     a twentieth of the face's size, blended over the image; outside that square the image stays as it is."""
-    cv2 = _import_cv2()
+    cv2 = opencv()
     height, width = image.shape[:2]
     inverse = cv2.invertAffineTransform(affine)
     warped = cv2.warpAffine(face.astype(np.float32), inverse, (width, height), flags=cv2.INTER_LINEAR)
@@ -190,7 +190,6 @@ class FaceRestorers:
             raise RequestError(field, f"face restoration{f' with {name}' if name else ''} needs "
                                       f"{' and '.join(missing)} in the models directory ({self.models_dir}), which has "
                                       "no such file")
-        _import_cv2(field)
         if path not in self._networks:
             self._networks[path] = _load_network(path, name, field, self.device)
         return FaceRestorer(name, self._networks[path], self._load_detector(field))
@@ -199,7 +198,7 @@ class FaceRestorers:
         if self._detector is None:
             path = self.models_dir / DETECTOR_FILE
             try:
-                self._detector = _import_cv2().FaceDetectorYN.create(str(path), "", (FACE_SIZE, FACE_SIZE),
+                self._detector = opencv().FaceDetectorYN.create(str(path), "", (FACE_SIZE, FACE_SIZE),
                                                                       SCORE_THRESHOLD, NMS_THRESHOLD)
             except Exception as error:  # cv2.error for a file OpenCV can't read as a YuNet model
                 reraise_server_fault(error)
@@ -220,11 +219,3 @@ def _load_network(path: Path, name: str, field: str, device: torch.device) -> Im
         raise RequestError(field, f"face restorer {name!r} ({path.name}) is a {descriptor.architecture.name} "
                                   f"model, not {name}")
     return descriptor.to(torch.float32).eval()
-
-
-def _import_cv2(field: str = "face restoration"):
-    try:
-        return importlib.import_module("cv2")
-    except ImportError as error:
-        raise RequestError(field, f"face restoration needs the opencv-python-headless package, which is not "
-                                               f"installed ({error}); install a1111-worker[faces]") from None

@@ -13,7 +13,7 @@ DEMO_BLIP := $(DEMO_MODELS_DIR)/BLIP/tiny-blip/config.json
 DEMO_FILES := $(DEMO_MODEL) $(DEMO_FACES) $(DEMO_BLIP)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test serve serve-runpod bake bench-cold clean
+.PHONY: install demo test serve serve-runpod bake bench-cold bench-throughput clean
 
 install: $(VENV)/.installed
 
@@ -62,6 +62,11 @@ bake: install
 # Cold-start benchmark (not a test): ours vs a plain diffusers script vs reading the weights once.
 bench-cold: install
 	$(PY) tests/bench/cold_start.py
+
+# Throughput benchmark (not a test): ours vs a bare diffusers call, N jobs batched vs one at a time.
+# make bench-throughput BENCH_ARGS="--family sdxl"
+bench-throughput: install
+	$(PY) tests/bench/throughput.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs $(DEMO_MODEL) $(DEMO_FACES) $(DEMO_MODELS_DIR)/FaceDetection/face_detection_yunet_2023mar.onnx \

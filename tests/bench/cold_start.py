@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-NAME = "bench-sd15.safetensors"
+NAMES = {"sd15": "bench-sd15.safetensors", "sdxl": "bench-sdxl.safetensors"}  # by family (throughput.py: sdxl)
+NAME = NAMES["sd15"]
 
 RESULT = "bench-result"  # what the scripts below print once their result is ready
 FLOOR = """
@@ -69,42 +70,49 @@ print("bench-result")
 OURS_RESULT = "Job result:"  # runpod's log line for a --test_input job
 
 
-def make_checkpoint(cache: Path) -> Path:
-    """The full SD 1.5 architecture with random weights in the A1111 single-file layout, baked (as the
-    image is) into cache/models. Run in a child process, so this process stays small: children
-    forked from a big parent would report its memory as their peak RSS."""
-    subprocess.run([sys.executable, __file__, "--make-checkpoint", "--cache", str(cache)], cwd=ROOT,
-                   env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
-    return cache / "models" / "Stable-diffusion" / NAME
+def make_checkpoint(cache: Path, family: str = "sd15") -> Path:
+    """The full SD 1.5 (or SDXL base) architecture with random weights in the A1111 single-file layout,
+    baked (as the image is) into cache/models. Run in a child process, so this process stays small:
+    children forked from a big parent would report its memory as their peak RSS."""
+    subprocess.run([sys.executable, __file__, "--make-checkpoint", "--family", family, "--cache", str(cache)],
+                   cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    return cache / "models" / "Stable-diffusion" / NAMES[family]
 
 
-def _bake_checkpoint(cache: Path) -> None:
+def _bake_checkpoint(cache: Path, family: str) -> None:
     """Write the checkpoint unless it is there, then bake it (a re-run only converts what is stale)."""
     from engine.store.bake import Entry, bake
 
-    baked = cache / "models" / "Stable-diffusion" / NAME
-    source = baked if baked.exists() else _write_checkpoint(cache)
-    bake([Entry("checkpoints", str(source), NAME)], cache / "models")  # records the hash, converts
+    name = NAMES[family]
+    baked = cache / "models" / "Stable-diffusion" / name
+    source = baked if baked.exists() else _write_checkpoint(cache, family)
+    bake([Entry("checkpoints", str(source), name)], cache / "models")  # records the hash, converts
     if source != baked:
         source.unlink()
 
 
-def _write_checkpoint(cache: Path) -> Path:
+def _write_checkpoint(cache: Path, family: str) -> Path:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from engine.configs import architecture_dir
     from engine.families.ldm_format import to_single_file
+    from engine.families.sgm_format import to_sdxl_single_file
 
-    config = architecture_dir("sd15")
+    config = architecture_dir(family)
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config / "unet"))
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config / "vae"))
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder"))
-    weights = {k: v.half() for k, v in to_single_file(unet, vae, text_encoder).items()}
-    raw = cache / NAME
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config / "unet")).half()
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config / "vae")).half()
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(config / "text_encoder")).half()
+    if family == "sdxl":  # each module halved once built: SDXL's UNet alone is 10 GB in float32
+        open_clip = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(config / "text_encoder_2")).half()
+        weights = to_sdxl_single_file(unet, vae, text_encoder, open_clip)
+    else:
+        weights = to_single_file(unet, vae, text_encoder)
+    weights = {k: v.half() for k, v in weights.items()}
+    raw = cache / NAMES[family]
     cache.mkdir(parents=True, exist_ok=True)
     save_file(weights, raw, metadata={"format": "pt"})
     return raw
@@ -149,9 +157,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the measured processes")
     parser.add_argument("--cold-cache", action="store_true", help="read the weights from disk in every run")
     parser.add_argument("--make-checkpoint", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--family", choices=NAMES, default="sd15", help=argparse.SUPPRESS)  # with --make-checkpoint
     args = parser.parse_args()
     if args.make_checkpoint:
-        return _bake_checkpoint(args.cache)
+        return _bake_checkpoint(args.cache, args.family)
     checkpoint = make_checkpoint(args.cache)
     subprocess.run([sys.executable, "-m", "compileall", "-q", "schemas", "engine", "handler"], cwd=ROOT, check=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MODELS_DIR": str(args.cache / "models"), "SD_MODEL": NAME,

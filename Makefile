@@ -15,7 +15,7 @@ DEMO_CONTROLNET := $(DEMO_MODELS_DIR)/ControlNet/tiny-controlnet-sd15.safetensor
 DEMO_FILES := $(DEMO_MODEL) $(DEMO_FACES) $(DEMO_BLIP) $(DEMO_CONTROLNET)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test serve serve-runpod bake bench-cold bench-cold-sdxl clean
+.PHONY: install demo test serve serve-runpod bake bench-cold bench-cold-sdxl bench-throughput clean
 
 install: $(VENV)/.installed
 
@@ -73,6 +73,11 @@ bench-cold: install
 
 bench-cold-sdxl: install
 	$(PY) tests/bench/cold_start.py --family sdxl
+
+# Throughput benchmark (not a test): ours vs a bare diffusers call, N jobs batched vs one at a time.
+# make bench-throughput BENCH_ARGS="--family sdxl"
+bench-throughput: install
+	$(PY) tests/bench/throughput.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs $(DEMO_MODEL) $(DEMO_FACES) $(DEMO_MODELS_DIR)/FaceDetection/face_detection_yunet_2023mar.onnx \

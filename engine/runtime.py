@@ -30,6 +30,7 @@ from .postprocess.face_restoration import FaceRestorer, FaceRestorers, restores_
 from .tasks.generation import Generation
 from .tasks.img2img import img2img
 from .postprocess.interrogate import Interrogator
+from .store.fast_path import FastPath
 from .store.loading import detect_architecture, load_pipeline, stored_dtype
 from .prompts.lora import LoraLibrary
 from .store.model import LoadedModel
@@ -79,6 +80,7 @@ class Engine:
         self.controlnets = ControlNets(models_dir, device, dtype, settings.max_controlnets)  # loads on first use
         self.annotators = Annotators(models_dir, device)  # the same
         self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()
+        self.fast_path = FastPath(settings.fast_path, models_dir, device)  # WORKER_* GPU options, applied on load
         self.options = _selecting(Options(), checkpoint)  # hashes the checkpoint at start
         self.progress = Progress()
         self.model_for(checkpoint)
@@ -101,8 +103,10 @@ class Engine:
 
     def warm_up(self) -> None:
         """One tiny generation at start, so the first request is as fast as the second (CUDA kernels,
-        allocator, tokenizer caches). On by default on GPUs; WORKER_WARMUP=0/1 decides."""
-        self.txt2img(Txt2ImgRequest(prompt="warm-up", steps=1, width=64, height=64, seed=0))
+        allocator, tokenizer caches); with WORKER_COMPILE, one at each compiled size. On by default on GPUs;
+        WORKER_WARMUP=0/1 decides."""
+        for width, height in self.fast_path.warmup_sizes(self.model.unet, self.model.scale_factor):
+            self.txt2img(Txt2ImgRequest(prompt="warm-up", steps=1, width=width, height=height, seed=0))
 
     @property
     def model(self) -> LoadedModel:
@@ -128,7 +132,7 @@ class Engine:
             while len(self._loaded) >= self.max_models:
                 self._loaded.popitem(last=False)
             architecture = detect_architecture(checkpoint)
-            pipe = load_pipeline(checkpoint, self.device, self.dtype, architecture)
+            pipe = self.fast_path.apply(load_pipeline(checkpoint, self.device, self.dtype, architecture))
             self._loaded[checkpoint.path] = LoadedModel(checkpoint, architecture, pipe, self.loras, self.embeddings)
         return self._loaded[checkpoint.path]
 

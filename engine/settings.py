@@ -17,10 +17,35 @@ DEFAULT_MAX_MODELS = 2
 DEFAULT_MAX_LORAS = 8
 DEFAULT_MAX_CONTROLNETS = 2  # as sd-webui-controlnet's model cache
 DEFAULT_UPSCALE_TILE = 192  # pixels a side a neural upscaler sees at once; 0: whole images
+ATTENTION_KERNELS = ("default", "flash", "efficient", "cudnn", "math")  # WORKER_ATTENTION: SDPA's kernel on CUDA
 
 
 class SettingsError(ValueError):
     """An environment variable has a value the worker can't use; the message names it."""
+
+
+@dataclass(frozen=True)
+class FastPathOptions:
+    """The GPU fast path (engine/store/fast_path.py): options a CUDA deployment turns on; each is off by default,
+    and the process-wide ones (cuDNN benchmark, the attention kernel) apply on CUDA only."""
+
+    channels_last: bool = False  # WORKER_CHANNELS_LAST: the UNet's and VAE's convolutions in NHWC
+    fuse_qkv: bool = False  # WORKER_FUSE_QKV: the UNet's attention projections fused (q, k, v in one matmul)
+    compile: bool = False  # WORKER_COMPILE: torch.compile the UNet, with the models directory's compile cache
+    # WORKER_COMPILE_SIZES: the sizes compiled at start and baked (none given: the checkpoint's own, 512 or 1024)
+    compile_sizes: tuple[tuple[int, int], ...] = ()
+    cudnn_benchmark: bool = False  # WORKER_CUDNN_BENCHMARK: cuDNN times its convolution algorithms per shape
+    attention: str = "default"  # WORKER_ATTENTION: the only SDPA kernel allowed on CUDA (default: torch picks)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> FastPathOptions:
+        attention = env.get("WORKER_ATTENTION", "").strip().lower() or "default"
+        if attention not in ATTENTION_KERNELS:
+            raise SettingsError(f"WORKER_ATTENTION must be one of {', '.join(ATTENTION_KERNELS)} "
+                                f"(got {attention[:40]!r})")
+        return cls(channels_last=_switch(env, "WORKER_CHANNELS_LAST"), fuse_qkv=_switch(env, "WORKER_FUSE_QKV"),
+                   compile=_switch(env, "WORKER_COMPILE"), compile_sizes=_sizes(env, "WORKER_COMPILE_SIZES"),
+                   cudnn_benchmark=_switch(env, "WORKER_CUDNN_BENCHMARK"), attention=attention)
 
 
 @dataclass(frozen=True)
@@ -35,6 +60,7 @@ class Settings:
     upscale_tile: int = DEFAULT_UPSCALE_TILE  # WORKER_UPSCALE_TILE
     styles_file: Path | None = None  # WORKER_STYLES_FILE (default: styles.csv in the models directory)
     max_controlnets: int = DEFAULT_MAX_CONTROLNETS  # WORKER_MAX_CONTROLNETS: ControlNet models kept loaded
+    fast_path: FastPathOptions = FastPathOptions()  # the WORKER_* options of the GPU fast path
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -50,6 +76,7 @@ class Settings:
             upscale_tile=_whole(env, "WORKER_UPSCALE_TILE", DEFAULT_UPSCALE_TILE, minimum=0),
             styles_file=Path(env["WORKER_STYLES_FILE"]) if env.get("WORKER_STYLES_FILE") else None,
             max_controlnets=_whole(env, "WORKER_MAX_CONTROLNETS", DEFAULT_MAX_CONTROLNETS, minimum=1),
+            fast_path=FastPathOptions.from_env(env),
         )
 
     @property
@@ -67,3 +94,25 @@ def _whole(env: Mapping[str, str], variable: str, default: int, minimum: int) ->
     if value < minimum:
         raise SettingsError(f"{variable} must be at least {minimum} (got {value})")
     return value
+
+
+def _switch(env: Mapping[str, str], variable: str) -> bool:
+    """An on/off variable: `1` or `0` (unset: off)."""
+    text = env.get(variable, "").strip()
+    if text not in ("", "0", "1"):
+        raise SettingsError(f"{variable} must be 0 or 1 (got {text[:40]!r})")
+    return text == "1"
+
+
+def _sizes(env: Mapping[str, str], variable: str) -> tuple[tuple[int, int], ...]:
+    """Image sizes, `WIDTHxHEIGHT` separated by commas (e.g. `512x512,768x512`), each side a multiple of 8."""
+    sizes = []
+    for item in filter(None, (item.strip() for item in env.get(variable, "").split(","))):
+        try:
+            width, height = (int(side) for side in item.lower().split("x"))
+        except ValueError:
+            raise SettingsError(f"{variable} must be sizes such as 512x512,768x512 (got {item[:40]!r})") from None
+        if min(width, height) < 64 or width % 8 or height % 8:
+            raise SettingsError(f"{variable}: each side must be a multiple of 8, at least 64 (got {width}x{height})")
+        sizes.append((width, height))
+    return tuple(sizes)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from engine.runtime import Engine
     from schemas import Txt2ImgRequest
 
-DEFAULT_GPU_CONCURRENCY = 4  # compatible jobs batch on the GPU; on the CPU a batch gains nothing
+DEFAULT_GPU_CONCURRENCY = 4  # compatible jobs batch on the GPU (on the CPU the default is 1: README, "Several jobs")
 MAX_CONCURRENCY = 64
 
 

@@ -224,29 +224,26 @@ class Engine:
     def txt2img_batch(self, requests: Sequence[Txt2ImgRequest]) -> list[Generation | Exception]:
         """Requests with one batch_key, as one batch: each one's generation, or the error that failed it alone (a
         bad prompt, LoRA or face restorer fails its request before any sampling; the others run without it)."""
-        if len(requests) == 1 or self._request_model(self.options.merged(requests[0].override_settings)).is_inpainting:
+        model = self._request_model(self.options.merged(requests[0].override_settings))
+        if len(requests) == 1 or model.is_inpainting:
             return [self._alone(request) for request in requests]
         results: list[Generation | Exception | None] = [None] * len(requests)
         width, height = requests[0].output_size
         images = sum(request.batch_size for request in requests)
         with out_of_memory_as_error(self.device, f"{width}x{height}, batch {images} of {len(requests)} requests"):
-            options = self.options.merged(requests[0].override_settings)
-            model = self._request_model(options)
-            entries, runs = [], []
+            jobs, runs = [], []
             for index, request in enumerate(requests):
-                try:
-                    request_options = self.options.merged(request.override_settings)
-                    entry = (plan_of(request, request_options), request_options,
-                             self._face_restorer(request, request_options))
-                    Job(model, *entry[:2])  # checks the prompts and LoRAs before any work
+                try:  # a Job checks its prompts and LoRAs as it is made, before any work
+                    options = self.options.merged(request.override_settings)
+                    jobs.append(Job(model, plan_of(request, options), options, self.progress,
+                                    self._face_restorer(request, options)))
                 except Exception as error:
                     reraise_server_fault(error)
                     results[index] = error
                     continue
-                entries.append(entry)
                 runs.append(index)
             try:
-                for index, generation in zip(runs, txt2img_together(model, entries, self.progress) if entries else []):
+                for index, generation in zip(runs, txt2img_together(model, jobs) if jobs else []):
                     results[index] = generation
             finally:
                 model.loras.deactivate()

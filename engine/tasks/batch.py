@@ -16,14 +16,12 @@ import torch
 
 from schemas import Options
 
-from ..postprocess.face_restoration import FaceRestorer
 from ..prompts.conditioning import ConditioningParams
 from ..sampling.loop import denoise
 from ..store.model import LoadedModel
 from .generation import Generation
 from .job import Job
 from .plan import Plan
-from .progress import Progress
 from .tiling import tiled
 
 
@@ -38,10 +36,9 @@ def batch_key(plan: Plan, options: Options) -> Hashable | None:
             ConditioningParams.of(options, *first.size))
 
 
-def txt2img_together(model: LoadedModel, entries: Sequence[tuple[Plan, Options, FaceRestorer | None]],
-                     progress: Progress) -> list[Generation]:
-    """The generations of plans with one batch_key, on `model` (not an inpainting one), sampled as one batch."""
-    jobs = [Job(model, plan, options, progress, faces) for plan, options, faces in entries]
+def txt2img_together(model: LoadedModel, jobs: Sequence[Job]) -> list[Generation]:
+    """The generations of jobs whose plans have one batch_key, on `model` (not an inpainting one), sampled as one
+    batch."""
     sampling = jobs[0].plan.first
     noises, generators, seeds, groups = [], [], [], []
     for job in jobs:
@@ -54,7 +51,7 @@ def txt2img_together(model: LoadedModel, entries: Sequence[tuple[Plan, Options, 
     scheduler, timesteps = jobs[0].scheduler(seeds, sampling)
     with tiled(model.unet, model.vae, enabled=jobs[0].plan.tiling):
         latents = denoise(model.unet, scheduler, timesteps, torch.cat(noises) * scheduler.init_noise_sigma, groups,
-                          generators, sampling.params.eta or 0.0, progress=progress)
+                          generators, sampling.params.eta or 0.0, progress=jobs[0].progress)
         images = model.decode_latents(latents)
     generations, start = [], 0
     for job, group in zip(jobs, groups):

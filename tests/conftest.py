@@ -363,3 +363,25 @@ def sdxl_engine(sdxl_models_dir):
     from engine.runtime import Engine
 
     return Engine.start(models_dir=sdxl_models_dir, sd_model=SDXL_NAME, device="cpu", dtype="float32")
+
+
+# ---------------------------------------------------------------- img2img inputs
+
+@pytest.fixture(scope="session")
+def source():
+    """A 64x64 RGB gradient: an init image whose every pixel differs from its neighbours."""
+    import numpy as np
+    from PIL import Image
+
+    x, y = np.meshgrid(np.arange(64), np.arange(64))
+    return Image.fromarray(np.stack([x * 4, y * 4, (x + y) * 2], -1).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def square_mask():
+    """A 64x64 mask repainting the central 32x32 square."""
+    from PIL import Image
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    return mask

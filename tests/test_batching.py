@@ -88,6 +88,19 @@ def held_batches(engine, monkeypatch) -> tuple[list[int], threading.Event]:
     return batches, release
 
 
+def run_while_held(calls, release: threading.Event) -> None:
+    """The first call starts (and holds the engine), the others arrive while it waits; then the engine goes on."""
+    threads = [threading.Thread(target=call) for call in calls]
+    threads[0].start()
+    time.sleep(0.5)
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(1)
+    release.set()
+    for thread in threads:
+        thread.join(120)
+
+
 def test_calls_that_arrive_while_the_engine_is_busy_batch(engine, held_batches):
     """Threads calling txt2img together: the engine thread takes the compatible ones as one batch, each caller gets
     its own generation; an error reaches only its caller."""
@@ -103,15 +116,7 @@ def test_calls_that_arrive_while_the_engine_is_busy_batch(engine, held_batches):
         except RequestError as error:
             results[index] = error
 
-    threads = [threading.Thread(target=call, args=(i, r)) for i, r in enumerate([REQUESTS[0], *REQUESTS[1:], bad])]
-    threads[0].start()
-    time.sleep(0.5)
-    for thread in threads[1:]:
-        thread.start()
-    time.sleep(0.5)
-    release.set()
-    for thread in threads:
-        thread.join(60)
+    run_while_held([lambda i=i, r=r: call(i, r) for i, r in enumerate([*REQUESTS, bad])], release)
     assert batches == [1, 3]  # the first ran alone; the three that waited, together
     assert isinstance(results[3], RequestError)
     for index, request in enumerate(REQUESTS):
@@ -183,15 +188,7 @@ def test_the_http_server_batches_requests_that_arrive_together(engine, serve_app
     def post(index):
         responses[index] = requests.post(f"{base}/sdapi/v1/txt2img", json=bodies[index], timeout=120).json()
 
-    threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
-    threads[0].start()
-    time.sleep(0.5)
-    for thread in threads[1:]:
-        thread.start()
-    time.sleep(1)
-    release.set()
-    for thread in threads:
-        thread.join(120)
+    run_while_held([lambda i=i: post(i) for i in range(4)], release)
     assert batches == [1, 3]
     for index, body in enumerate(bodies):
         alone = engine.txt2img(Txt2ImgRequest(**body))

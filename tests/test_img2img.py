@@ -25,19 +25,6 @@ def decoded(output: dict) -> list[np.ndarray]:
             for i in output["images"]]
 
 
-@pytest.fixture(scope="module")
-def source() -> Image.Image:
-    x, y = np.meshgrid(np.arange(64), np.arange(64))
-    return Image.fromarray(np.stack([x * 4, y * 4, (x + y) * 2], -1).astype(np.uint8))
-
-
-@pytest.fixture(scope="module")
-def square_mask() -> Image.Image:
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    return mask
-
-
 @pytest.mark.parametrize("steps, strength, exact, expected", [
     (20, 0.75, False, (20, 16)), (20, 1.0, False, (20, 20)), (10, 0.0, False, (10, 1)),
     (20, 0.5, True, (40, 20)), (4, 0.3, False, (4, 2)),

@@ -82,19 +82,6 @@ def assert_a1111_image_response(output: dict, size=(64, 64), model=SDXL_NAME) ->
 
 
 @pytest.fixture(scope="module")
-def source() -> Image.Image:
-    x, y = np.meshgrid(np.arange(64), np.arange(64))
-    return Image.fromarray(np.stack([x * 4, y * 4, (x + y) * 2], -1).astype(np.uint8))
-
-
-@pytest.fixture(scope="module")
-def square_mask() -> Image.Image:
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    return mask
-
-
-@pytest.fixture(scope="module")
 def base_url(sdxl_engine, serve_app) -> str:
     return serve_app(create_app(sdxl_engine))
 

@@ -117,10 +117,9 @@ def titles(cn_dir) -> dict[str, str]:
 def cn_engine(cn_dir):
     """An engine on tiny-sd15 that keeps all three checkpoints loaded (CPU, float32)."""
     from engine.runtime import Engine
+    from engine.settings import Settings
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("WORKER_MAX_MODELS", "3")
-        return Engine.start(models_dir=cn_dir, sd_model=TINY_NAME, device="cpu", dtype="float32")
+    return Engine.start(Settings(max_models=3), models_dir=cn_dir, sd_model=TINY_NAME, device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
